@@ -1,0 +1,1 @@
+"""The `meridian` command line: one entry point, one module per sub-command group."""

@@ -1,0 +1,1 @@
+"""Meridian's regional node: gRPC API, domain model and SQLite storage."""

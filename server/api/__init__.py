@@ -1,0 +1,1 @@
+"""gRPC adapters: servicers (proto <-> domain), interceptors, the error table."""

@@ -1,0 +1,1 @@
+"""The domain: keys, key versions, states, crypto recipes. No grpc, no sqlite here."""

@@ -1,0 +1,1 @@
+"""Crypto recipes: the only modules that import ``cryptography.hazmat``."""

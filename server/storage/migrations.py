@@ -1,0 +1,88 @@
+"""Numbered schema migrations, applied in order at start, each in its own transaction.
+
+A migration is never edited once released: a change of schema is a new number.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE keys (
+            key_id TEXT PRIMARY KEY,
+            arn TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            region TEXT NOT NULL,
+            created_at_us INTEGER NOT NULL,
+            description TEXT NOT NULL,
+            key_spec TEXT NOT NULL,
+            key_usage TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            key_state TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            current_material_id BLOB NOT NULL,
+            multi_region INTEGER NOT NULL,
+            deletion_date_us INTEGER,
+            pending_window_days INTEGER,
+            revision INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX keys_due_for_deletion ON keys (deletion_date_us)
+            WHERE deletion_date_us IS NOT NULL;
+        CREATE TABLE key_versions (
+            key_id TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            material_id BLOB NOT NULL,
+            created_at_us INTEGER NOT NULL,
+            wrapped_material BLOB NOT NULL,
+            PRIMARY KEY (key_id, material_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE aliases (
+            alias_name TEXT PRIMARY KEY,
+            target_key_id TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            created_at_us INTEGER NOT NULL,
+            updated_at_us INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX aliases_by_key ON aliases (target_key_id, alias_name);
+        CREATE TABLE tags (
+            key_id TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            tag_key TEXT NOT NULL,
+            tag_value TEXT NOT NULL,
+            PRIMARY KEY (key_id, tag_key)
+        ) STRICT, WITHOUT ROWID;
+        """,
+    ),
+)
+
+
+async def apply_migrations(connection: aiosqlite.Connection) -> int:
+    """Bring the schema up to date; returns the resulting version."""
+    await connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY) STRICT"
+    )
+    async with connection.execute("SELECT MAX(version) FROM schema_migrations") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row and row[0] is not None else 0
+    for version, script in MIGRATIONS:
+        if version <= current:
+            continue
+        # executescript would COMMIT on its own; run statement by statement inside one
+        # explicit transaction so that a crash leaves either all or none of a migration.
+        await connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                await connection.execute(statement)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?)", (version,)
+            )
+            await connection.execute("COMMIT")
+        except BaseException:
+            await connection.execute("ROLLBACK")
+            raise
+        current = version
+    return current
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]

@@ -1,0 +1,258 @@
+"""SQL for keys, versions, aliases and tags: the domain's KeyRepository/KeyWriter ports.
+
+Times are stored as integer microseconds since the epoch (UTC) so that they sort
+and compare exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from meridian.server.domain.model import (
+    Alias,
+    Key,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    KeyVersion,
+    Origin,
+    Tag,
+)
+
+_KEY_COLUMNS = (
+    "key_id, arn, account_id, region, created_at_us, description, key_spec, key_usage, "
+    "origin, key_state, policy, current_material_id, multi_region, deletion_date_us, "
+    "pending_window_days, revision"
+)
+
+
+def to_us(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(
+        microsecond=value % 1_000_000
+    )
+
+
+def _optional_us(moment: datetime | None) -> int | None:
+    return None if moment is None else to_us(moment)
+
+
+def _key_from_row(row: Any) -> Key:
+    return Key(
+        key_id=row[0],
+        arn=row[1],
+        account_id=row[2],
+        region=row[3],
+        created_at=from_us(row[4]),
+        description=row[5],
+        key_spec=KeySpec(row[6]),
+        key_usage=KeyUsage(row[7]),
+        origin=Origin(row[8]),
+        state=KeyState(row[9]),
+        policy=row[10],
+        current_material_id=bytes(row[11]),
+        multi_region=bool(row[12]),
+        deletion_date=None if row[13] is None else from_us(row[13]),
+        pending_window_days=row[14],
+        revision=row[15],
+    )
+
+
+def _alias_from_row(row: Any) -> Alias:
+    return Alias(
+        alias_name=row[0],
+        target_key_id=row[1],
+        created_at=from_us(row[2]),
+        updated_at=from_us(row[3]),
+    )
+
+
+class SqliteRepository:
+    """Reads (and, through :class:`SqliteWriter`, writes) over one connection."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+
+    async def _one(self, sql: str, parameters: Sequence[Any]) -> Any:
+        async with self._db.execute(sql, parameters) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        async with self._db.execute(sql, parameters) as cursor:
+            return list(await cursor.fetchall())
+
+    async def get_key(self, key_id: str) -> Key | None:
+        row = await self._one(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))
+        return None if row is None else _key_from_row(row)
+
+    async def list_keys(self, *, after_key_id: str | None, limit: int) -> list[Key]:
+        rows = await self._all(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?",
+            (after_key_id or "", limit),
+        )
+        return [_key_from_row(row) for row in rows]
+
+    async def get_version(self, key_id: str, material_id: bytes) -> KeyVersion | None:
+        row = await self._one(
+            "SELECT created_at_us, wrapped_material FROM key_versions "
+            "WHERE key_id = ? AND material_id = ?",
+            (key_id, material_id),
+        )
+        if row is None:
+            return None
+        return KeyVersion(
+            key_id=key_id,
+            material_id=material_id,
+            created_at=from_us(row[0]),
+            wrapped_material=bytes(row[1]),
+        )
+
+    async def keys_due_for_deletion(self, now: datetime, *, limit: int) -> list[str]:
+        rows = await self._all(
+            "SELECT key_id FROM keys WHERE deletion_date_us IS NOT NULL "
+            "AND deletion_date_us <= ? ORDER BY deletion_date_us LIMIT ?",
+            (to_us(now), limit),
+        )
+        return [row[0] for row in rows]
+
+    async def get_alias(self, alias_name: str) -> Alias | None:
+        row = await self._one(
+            "SELECT alias_name, target_key_id, created_at_us, updated_at_us FROM aliases "
+            "WHERE alias_name = ?",
+            (alias_name,),
+        )
+        return None if row is None else _alias_from_row(row)
+
+    async def list_aliases(
+        self, *, key_id: str | None, after_alias_name: str | None, limit: int
+    ) -> list[Alias]:
+        columns = "alias_name, target_key_id, created_at_us, updated_at_us"
+        if key_id is None:
+            rows = await self._all(
+                f"SELECT {columns} FROM aliases WHERE alias_name > ? "
+                "ORDER BY alias_name LIMIT ?",
+                (after_alias_name or "", limit),
+            )
+        else:
+            rows = await self._all(
+                f"SELECT {columns} FROM aliases WHERE target_key_id = ? AND alias_name > ? "
+                "ORDER BY alias_name LIMIT ?",
+                (key_id, after_alias_name or "", limit),
+            )
+        return [_alias_from_row(row) for row in rows]
+
+    async def count_aliases(self, key_id: str) -> int:
+        row = await self._one("SELECT COUNT(*) FROM aliases WHERE target_key_id = ?", (key_id,))
+        return int(row[0])
+
+    async def get_tags(self, key_id: str) -> list[Tag]:
+        rows = await self._all(
+            "SELECT tag_key, tag_value FROM tags WHERE key_id = ? ORDER BY tag_key", (key_id,)
+        )
+        return [Tag(tag_key=row[0], tag_value=row[1]) for row in rows]
+
+
+class SqliteWriter(SqliteRepository):
+    """The write half; used only inside ``SqliteStore.write()``'s transaction."""
+
+    async def insert_key(self, key: Key, version: KeyVersion) -> None:
+        await self._db.execute(
+            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.key_id,
+                key.arn,
+                key.account_id,
+                key.region,
+                to_us(key.created_at),
+                key.description,
+                key.key_spec.value,
+                key.key_usage.value,
+                key.origin.value,
+                key.state.value,
+                key.policy,
+                key.current_material_id,
+                int(key.multi_region),
+                _optional_us(key.deletion_date),
+                key.pending_window_days,
+                key.revision,
+            ),
+        )
+        await self._db.execute(
+            "INSERT INTO key_versions (key_id, material_id, created_at_us, wrapped_material) "
+            "VALUES (?, ?, ?, ?)",
+            (
+                version.key_id,
+                version.material_id,
+                to_us(version.created_at),
+                version.wrapped_material,
+            ),
+        )
+
+    async def update_key(self, key: Key) -> None:
+        key.check_invariants()
+        cursor = await self._db.execute(
+            "UPDATE keys SET description = ?, key_state = ?, policy = ?, "
+            "current_material_id = ?, deletion_date_us = ?, pending_window_days = ?, "
+            "revision = revision + 1 WHERE key_id = ? AND revision = ?",
+            (
+                key.description,
+                key.state.value,
+                key.policy,
+                key.current_material_id,
+                _optional_us(key.deletion_date),
+                key.pending_window_days,
+                key.key_id,
+                key.revision,
+            ),
+        )
+        if cursor.rowcount != 1:
+            # Writes are serialised, so a stale revision means a bug, not a race to retry.
+            raise AssertionError(f"key {key.key_id} changed under a serialised write")
+        key.revision += 1
+
+    async def delete_key(self, key_id: str) -> None:
+        # Foreign keys cascade to versions, aliases and tags.
+        await self._db.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
+
+    async def insert_alias(self, alias: Alias) -> None:
+        await self._db.execute(
+            "INSERT INTO aliases (alias_name, target_key_id, created_at_us, updated_at_us) "
+            "VALUES (?, ?, ?, ?)",
+            (
+                alias.alias_name,
+                alias.target_key_id,
+                to_us(alias.created_at),
+                to_us(alias.updated_at),
+            ),
+        )
+
+    async def update_alias(self, alias: Alias) -> None:
+        await self._db.execute(
+            "UPDATE aliases SET target_key_id = ?, updated_at_us = ? WHERE alias_name = ?",
+            (alias.target_key_id, to_us(alias.updated_at), alias.alias_name),
+        )
+
+    async def delete_alias(self, alias_name: str) -> None:
+        await self._db.execute("DELETE FROM aliases WHERE alias_name = ?", (alias_name,))
+
+    async def put_tags(self, key_id: str, tags: Sequence[Tag]) -> None:
+        await self._db.executemany(
+            "INSERT INTO tags (key_id, tag_key, tag_value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+            [(key_id, tag.tag_key, tag.tag_value) for tag in tags],
+        )
+
+    async def delete_tags(self, key_id: str, tag_keys: Sequence[str]) -> None:
+        await self._db.executemany(
+            "DELETE FROM tags WHERE key_id = ? AND tag_key = ?",
+            [(key_id, tag_key) for tag_key in tag_keys],
+        )

@@ -1,0 +1,112 @@
+"""Helpers shared by every test tier: a throwaway PKI and an in-process node.
+
+The in-process node is the real composition root (``meridian.server.node.Node``)
+with a fake clock and the real mTLS stack, listening on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from meridian.cli import pki
+from meridian.proto.kms.v1 import kms_pb2_grpc
+from meridian.server.config import NodeConfig, RootKeyConfig, TlsConfig
+from meridian.server.domain.clock import FakeClock
+from meridian.server.node import Node
+
+REGION = "us-east-1"
+ACCOUNT = "111122223333"
+
+
+@dataclass(frozen=True)
+class TestPki:
+    directory: Path
+    ca_cert: bytes
+    client_cert: bytes
+    client_key: bytes
+    node_cert: Path
+    node_key: Path
+
+    def credentials(self, principal: str = "admin") -> grpc.ChannelCredentials:
+        cert, key = pki.client_paths(self.directory, principal)
+        if not cert.exists():
+            pki.issue_client(self.directory, principal)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_cert,
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPki]:
+    directory = tmp_path_factory.mktemp("pki")
+    pki.init_ca(directory)
+    node_cert, node_key = pki.issue_node(directory, REGION, ips=["127.0.0.1"])
+    client_cert, client_key = pki.issue_client(directory, "admin")
+    yield TestPki(
+        directory=directory,
+        ca_cert=(directory / "ca.pem").read_bytes(),
+        client_cert=client_cert.read_bytes(),
+        client_key=client_key.read_bytes(),
+        node_cert=node_cert,
+        node_key=node_key,
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def node_config(test_pki: TestPki, data_dir: Path, *, listen: str = "127.0.0.1:0") -> NodeConfig:
+    return NodeConfig(
+        region=REGION,
+        account_id=ACCOUNT,
+        listen=listen,
+        data_dir=data_dir,
+        tls=TlsConfig(
+            ca_cert=test_pki.directory / "ca.pem", cert=test_pki.node_cert, key=test_pki.node_key
+        ),
+        root_key=RootKeyConfig(provider="file", path=data_dir / "root.key"),
+        sweep_interval_s=0.05,
+    )
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    clock: FakeClock
+    channel: grpc.aio.Channel
+    stub: kms_pb2_grpc.KeyManagementServiceStub
+    endpoint: str
+
+
+def secure_channel(test_pki: TestPki, endpoint: str, principal: str = "admin") -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        endpoint,
+        test_pki.credentials(principal),
+        options=[("grpc.ssl_target_name_override", f"{REGION}.node.meridian")],
+    )
+
+
+@pytest.fixture
+async def running_node(test_pki: TestPki, tmp_path: Path) -> AsyncIterator[RunningNode]:
+    clock = FakeClock()
+    node = Node(config=node_config(test_pki, tmp_path / "data"), clock=clock)
+    port = await node.start()
+    endpoint = f"127.0.0.1:{port}"
+    channel = secure_channel(test_pki, endpoint)
+    try:
+        yield RunningNode(
+            node=node,
+            clock=clock,
+            channel=channel,
+            stub=kms_pb2_grpc.KeyManagementServiceStub(channel),
+            endpoint=endpoint,
+        )
+    finally:
+        await channel.close()
+        await node.stop()
