@@ -65,6 +65,7 @@ STOP_TIMEOUT_S_DEFAULT = 15.0
 PROBE_TIMEOUT_S_DEFAULT = 2.0
 # After SIGKILL only an uninterruptible sleep in the kernel can keep a process alive.
 KILL_WAIT_S = 5.0
+PORT_GRACE_S = 3.0
 LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES_MAX = 64 * 1024
 _POLL_INTERVAL_S = 0.05
@@ -268,7 +269,7 @@ def start(
                 f"`meridian cluster down --dir {directory}` and `up` again to rewrite it"
             )
         # The peers' configs name this port, so a restarted node must get the same one.
-        if not _port_is_free(entry.host, entry.port):
+        if not _port_frees_up(entry.host, entry.port, PORT_GRACE_S):
             raise ClusterError(
                 f"port {entry.endpoint} of region {region} is in use by another process; "
                 f"free it, or run `meridian cluster down --dir {directory}` and `up` again "
@@ -476,8 +477,11 @@ def _start_regions(
 ) -> ClusterSpec:
     """Spawn the nodes of `regions` and wait until all are SERVING; all or nothing."""
     started: list[str] = []
+    # Where each log stood before this start: a failure quotes only this start's output.
+    log_offsets: dict[str, int] = {}
     try:
         for region in regions:
+            log_offsets[region] = _file_size(spec.regions[region].log)
             pid = _spawn(region, spec.regions[region])
             started.append(region)
             spec = spec.with_region(region, pid=pid)
@@ -485,7 +489,7 @@ def _start_regions(
             _write(spec)
             report(f"region {region}: started pid {pid} on {spec.regions[region].endpoint}")
         report(f"waiting up to {ready_timeout_s:g} s for {len(started)} node(s) to be SERVING")
-        _wait_ready(spec, started, ready_timeout_s)
+        _wait_ready(spec, log_offsets, ready_timeout_s)
     except BaseException:
         # Also on KeyboardInterrupt: a half-started cluster would only confuse the next `up`.
         _stop(spec, started, STOP_TIMEOUT_S_DEFAULT, report)
@@ -669,8 +673,9 @@ def _probe(credentials: grpc.ChannelCredentials, entry: RegionEntry, timeout_s: 
         return _check(channel, timeout_s)
 
 
-def _wait_ready(spec: ClusterSpec, regions: list[str], ready_timeout_s: float) -> None:
+def _wait_ready(spec: ClusterSpec, log_offsets: Mapping[str, int], ready_timeout_s: float) -> None:
     """Poll every started node until all answer SERVING; fail fast if one exits."""
+    regions = list(log_offsets)
     deadline = time.monotonic() + ready_timeout_s
     credentials = _client_credentials(spec)
     channels = {
@@ -686,9 +691,8 @@ def _wait_ready(spec: ClusterSpec, regions: list[str], ready_timeout_s: float) -
                 assert entry.pid is not None
                 exit_code = _reap(entry.pid)
                 if exit_code is not None or not _is_our_node(entry.pid, entry.config):
-                    raise ClusterError(
-                        _node_failure(region, entry, f"{_describe_exit(exit_code)} during startup")
-                    )
+                    reason = f"{_describe_exit(exit_code)} during startup"
+                    raise ClusterError(_node_failure(region, entry, reason, log_offsets[region]))
                 remaining_s = deadline - time.monotonic()
                 timeout_s = max(_POLL_INTERVAL_S, min(_READY_PROBE_TIMEOUT_S, remaining_s))
                 probe = _check(channels[region], timeout_s)
@@ -702,7 +706,8 @@ def _wait_ready(spec: ClusterSpec, regions: list[str], ready_timeout_s: float) -
                     f"did not become SERVING within {ready_timeout_s:g} s "
                     f"(last health check: {last_probe[region]})"
                 )
-                raise ClusterError(_node_failure(region, spec.regions[region], reason))
+                entry = spec.regions[region]
+                raise ClusterError(_node_failure(region, entry, reason, log_offsets[region]))
             if pending:
                 time.sleep(_READY_POLL_INTERVAL_S)
     finally:
@@ -718,22 +723,29 @@ def _describe_exit(exit_code: int | None) -> str:
     return f"its node exited with code {exit_code}"
 
 
-def _node_failure(region: str, entry: RegionEntry, reason: str) -> str:
-    lines = _log_tail(entry.log, LOG_TAIL_LINES)
+def _node_failure(region: str, entry: RegionEntry, reason: str, log_offset: int) -> str:
+    lines = _log_tail(entry.log, log_offset, LOG_TAIL_LINES)
     quoted = "\n".join(f"    {line}" for line in lines) if lines else "    (the log is empty)"
     return f"region {region}: {reason}; last lines of {entry.log}:\n{quoted}"
 
 
-def _log_tail(path: Path, lines_max: int) -> list[str]:
+def _log_tail(path: Path, offset: int, lines_max: int) -> list[str]:
+    """The last `lines_max` lines written to `path` after `offset`."""
     try:
         with path.open("rb") as log:
-            log.seek(0, os.SEEK_END)
-            size = log.tell()
-            log.seek(max(0, size - _LOG_TAIL_BYTES_MAX))
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - _LOG_TAIL_BYTES_MAX))
             data = log.read()
     except OSError:
         return []
     return data.decode("utf-8", errors="replace").splitlines()[-lines_max:]
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -753,6 +765,20 @@ def _pick_port(host: str) -> int:
             "address; Linux routes all of 127.0.0.0/8 to loopback, other systems may need "
             "an alias per address)"
         ) from error
+
+
+def _port_frees_up(host: str, port: int, grace_s: float) -> bool:
+    """Whether the port is free now or within `grace_s`.
+
+    Right after a node is killed the kernel may hold its sockets briefly; waiting a
+    moment tells that apart from a port that another process really holds.
+    """
+    deadline = time.monotonic() + grace_s
+    while not _port_is_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL_S)
+    return True
 
 
 def _port_is_free(host: str, port: int) -> bool:

@@ -180,7 +180,9 @@ def _print_table(statuses: list[cluster.RegionStatus]) -> None:
     ]
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     for item in statuses:
         if item.note:
             print(f"note: {item.region}: {item.note}")

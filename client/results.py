@@ -43,6 +43,7 @@ __all__ = [
     "Tag",
 ]
 
+
 @dataclass(frozen=True, slots=True)
 class Tag:
     """A key tag; also accepted as input (``tags=[Tag("team", "payments")]``)."""

@@ -110,3 +110,26 @@ async def running_node(test_pki: TestPki, tmp_path: Path) -> AsyncIterator[Runni
     finally:
         await channel.close()
         await node.stop()
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call (what the SDK maps to an exception)."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for name, value in error.trailing_metadata() or ():
+        if name == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    raise AssertionError(f"no ErrorInfo in the error: {error!r}")
+
+
+async def expect_error(awaitable: object, code: grpc.StatusCode, reason: str) -> str:
+    """Await a call that must fail with ``code`` and ``reason``; returns the message."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await awaitable  # type: ignore[misc]
+    assert caught.value.code() == code, caught.value
+    assert error_reason(caught.value) == reason, caught.value
+    return str(caught.value.details())

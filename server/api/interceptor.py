@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from meridian.server.api.errors import status_for, unauthenticated_status
 from meridian.server.api.principal import PrincipalResolver
-from meridian.server.domain.errors import KMSInternalException, KmsError
+from meridian.server.domain.errors import (
+    KMSInternalException,
+    KmsError,
+    ValidationException,
+)
 from meridian.server.domain.model import Caller
 
 log = structlog.get_logger("meridian.api")
@@ -56,7 +61,7 @@ class RequestInterceptor(_ServerInterceptor):
         operation = method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(cast(Behavior, handler.unary_unary), operation),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -80,6 +85,10 @@ class RequestInterceptor(_ServerInterceptor):
             )
             token = CURRENT_CALLER.set(caller)
             try:
+                if isinstance(request, MalformedRequest):
+                    raise ValidationException(
+                        f"The request is not a valid {operation} request: {request.problem}"
+                    )
                 response = await behavior(request, context)
             except KmsError as error:
                 code, message, details = status_for(error)
@@ -110,6 +119,35 @@ class RequestInterceptor(_ServerInterceptor):
             return response
 
         return wrapped
+
+
+class MalformedRequest:
+    """Stands in for a request that failed to parse, so it reaches the error mapping.
+
+    Without this, grpc answers an undecodable message (bad wire format, a string
+    field that is not UTF-8) with UNKNOWN and no reason, which is neither the right
+    code nor an AWS error.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            problem = "a string field is not valid UTF-8" if "UTF-8" in str(error) else (
+                "the message is not valid protobuf"
+            )
+            return MalformedRequest(problem)
+
+    return deserialize
 
 
 def _trailers(request_id: str, details: bytes) -> tuple[tuple[str, str | bytes], ...]:

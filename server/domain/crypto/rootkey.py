@@ -18,6 +18,9 @@ Wrapped material:
     1       1     provider = 0x01 (file root key, AES-256-GCM)
     2       12    nonce (random)
     14      n+16  AES-256-GCM ciphertext || tag, authenticated data = the caller's aad
+
+The AES key is not the root key itself but HKDF-SHA256 of it with info
+b"meridian/root-key/v1/wrap"; other labels derive the check value and the root key id.
 """
 
 from __future__ import annotations
@@ -156,12 +159,10 @@ class FileRootKeyProvider:
         return _WRAPPED_PREFIX + nonce + self._aead.encrypt(nonce, material, aad)
 
     async def unwrap(self, wrapped: bytes, *, aad: bytes) -> bytes:
-        if (
-            not _WRAPPED_OVERHEAD_BYTES
-            < len(wrapped)
-            <= _WRAPPED_OVERHEAD_BYTES + WRAPPED_MATERIAL_BYTES_MAX
-            or wrapped[: len(_WRAPPED_PREFIX)] != _WRAPPED_PREFIX
-        ):
+        material_bytes = len(wrapped) - _WRAPPED_OVERHEAD_BYTES
+        if not 1 <= material_bytes <= WRAPPED_MATERIAL_BYTES_MAX:
+            raise RootKeyError(_UNWRAP_FAILED)
+        if not wrapped.startswith(_WRAPPED_PREFIX):
             raise RootKeyError(_UNWRAP_FAILED)
         nonce_end = len(_WRAPPED_PREFIX) + _NONCE_BYTES
         try:

@@ -1,0 +1,133 @@
+"""Meridian's client SDK: AWS KMS operations against a multi-region Meridian cluster.
+
+    from meridian.client import KmsClient
+
+    with KmsClient.from_cluster_file("demo-cluster/cluster.json") as kms:
+        key = kms.create_key(description="orders").key_metadata
+        sealed = kms.encrypt(key_id=key.key_id, plaintext=b"secret")
+        assert kms.decrypt(ciphertext_blob=sealed.ciphertext_blob).plaintext == b"secret"
+
+``AsyncKmsClient`` has the same methods as coroutines. Errors are in
+``meridian.client.errors`` (and re-exported here); results in
+``meridian.client.results``.
+"""
+
+from meridian.client._async import AsyncChannelFactory, AsyncKmsClient
+from meridian.client._core import arn_region
+from meridian.client._sync import ChannelFactory, KmsClient
+from meridian.client.cluster_file import ClusterFile, ClusterRegion, load_cluster_file
+from meridian.client.errors import (
+    AccessDeniedException,
+    AlreadyExistsException,
+    ClientClosedError,
+    ClientConfigError,
+    ClusterFileError,
+    DependencyTimeoutException,
+    DisabledException,
+    IncorrectKeyException,
+    InvalidAliasNameException,
+    InvalidArnException,
+    InvalidCiphertextException,
+    InvalidGrantTokenException,
+    InvalidKeyUsageException,
+    InvalidMarkerException,
+    KmsError,
+    KMSInternalException,
+    KMSInvalidMacException,
+    KMSInvalidSignatureException,
+    KMSInvalidStateException,
+    LimitExceededException,
+    MalformedPolicyDocumentException,
+    NotFoundException,
+    ProtocolError,
+    ServiceUnavailableError,
+    TagException,
+    ThrottlingException,
+    UnauthenticatedError,
+    UnknownRegionError,
+    UnsupportedOperationException,
+    ValidationException,
+)
+from meridian.client.results import (
+    AliasListEntry,
+    CancelKeyDeletionResult,
+    CreateKeyResult,
+    DecryptResult,
+    DescribeKeyResult,
+    EmptyResult,
+    EncryptResult,
+    GenerateDataKeyResult,
+    GenerateDataKeyWithoutPlaintextResult,
+    GenerateRandomResult,
+    KeyListEntry,
+    KeyMetadata,
+    ListAliasesResult,
+    ListKeysResult,
+    ListResourceTagsResult,
+    MultiRegionConfiguration,
+    MultiRegionKey,
+    ReEncryptResult,
+    ScheduleKeyDeletionResult,
+    Tag,
+)
+
+__all__ = [
+    "AccessDeniedException",
+    "AliasListEntry",
+    "AlreadyExistsException",
+    "AsyncChannelFactory",
+    "AsyncKmsClient",
+    "CancelKeyDeletionResult",
+    "ChannelFactory",
+    "ClientClosedError",
+    "ClientConfigError",
+    "ClusterFile",
+    "ClusterFileError",
+    "ClusterRegion",
+    "CreateKeyResult",
+    "DecryptResult",
+    "DependencyTimeoutException",
+    "DescribeKeyResult",
+    "DisabledException",
+    "EmptyResult",
+    "EncryptResult",
+    "GenerateDataKeyResult",
+    "GenerateDataKeyWithoutPlaintextResult",
+    "GenerateRandomResult",
+    "IncorrectKeyException",
+    "InvalidAliasNameException",
+    "InvalidArnException",
+    "InvalidCiphertextException",
+    "InvalidGrantTokenException",
+    "InvalidKeyUsageException",
+    "InvalidMarkerException",
+    "KMSInternalException",
+    "KMSInvalidMacException",
+    "KMSInvalidSignatureException",
+    "KMSInvalidStateException",
+    "KeyListEntry",
+    "KeyMetadata",
+    "KmsClient",
+    "KmsError",
+    "LimitExceededException",
+    "ListAliasesResult",
+    "ListKeysResult",
+    "ListResourceTagsResult",
+    "MalformedPolicyDocumentException",
+    "MultiRegionConfiguration",
+    "MultiRegionKey",
+    "NotFoundException",
+    "ProtocolError",
+    "ReEncryptResult",
+    "ScheduleKeyDeletionResult",
+    "ServiceUnavailableError",
+    "Tag",
+    "TagException",
+    "ThrottlingException",
+    "UnauthenticatedError",
+    "UnknownRegionError",
+    "UnsupportedOperationException",
+    "ValidationException",
+    "arn_region",
+    "load_cluster_file",
+]

@@ -1,0 +1,449 @@
+"""AsyncKmsClient: the asyncio twin of KmsClient. It only creates channels and
+awaits calls; every decision is made in ``_core`` so both twins behave the same."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Self
+
+import grpc
+import grpc.aio
+
+from meridian.client import _core
+from meridian.client._core import BaseKmsClient, Operation, Pager, RequestT, ResponseT, ResultT
+from meridian.client.cluster_file import load_cluster_file
+from meridian.client.errors import KmsError
+from meridian.client.results import (
+    AliasListEntry,
+    CancelKeyDeletionResult,
+    CreateKeyResult,
+    DecryptResult,
+    DescribeKeyResult,
+    EmptyResult,
+    EncryptResult,
+    GenerateDataKeyResult,
+    GenerateDataKeyWithoutPlaintextResult,
+    GenerateRandomResult,
+    KeyListEntry,
+    ListAliasesResult,
+    ListKeysResult,
+    ListResourceTagsResult,
+    ReEncryptResult,
+    ScheduleKeyDeletionResult,
+)
+from meridian.proto.kms.v1 import kms_pb2_grpc
+
+AsyncChannelFactory = Callable[[str, str], grpc.aio.Channel]
+"""``channel_factory(region, endpoint) -> grpc.aio.Channel``; the client closes what it returns."""
+
+
+class AsyncKmsClient(BaseKmsClient):
+    """An asyncio Meridian KMS client over one gRPC channel per region.
+
+    Use it as an async context manager (or await close()); channels are opened
+    on a region's first call, inside the running event loop, and belong to it.
+    """
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, str],
+        *,
+        ca_cert: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        server_names: Mapping[str, str] | None = None,
+        region: str | None = None,
+        preferred_region: str | None = None,
+        timeout_s: float = 10.0,
+        channel_factory: AsyncChannelFactory | None = None,
+    ) -> None:
+        super().__init__(
+            endpoints,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            server_names=server_names,
+            region=region,
+            preferred_region=preferred_region,
+            timeout_s=timeout_s,
+            has_channel_factory=channel_factory is not None,
+        )
+        self._channel_factory = channel_factory or self._secure_channel
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, kms_pb2_grpc.KeyManagementServiceAsyncStub] = {}
+
+    @classmethod
+    def from_cluster_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        region: str | None = None,
+        preferred_region: str | None = None,
+        timeout_s: float = 10.0,
+        channel_factory: AsyncChannelFactory | None = None,
+    ) -> Self:
+        """A client for the cluster described by ``cluster.json`` (``meridian cluster up``)."""
+        cluster = load_cluster_file(path)
+        tls = cluster.read_tls_material()
+        return cls(
+            cluster.endpoints,
+            ca_cert=tls.ca_cert,
+            client_cert=tls.client_cert,
+            client_key=tls.client_key,
+            server_names=cluster.server_names,
+            region=region,
+            preferred_region=preferred_region,
+            timeout_s=timeout_s,
+            channel_factory=channel_factory,
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every channel; later calls raise ClientClosedError. Idempotent."""
+        if not self._mark_closed():
+            return
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._stubs.clear()
+        for channel in channels:
+            await channel.close(grace=None)
+
+    # ---- I/O -------------------------------------------------------------------------------
+
+    def _secure_channel(self, region: str, endpoint: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            endpoint, self._channel_credentials(), options=self._channel_options(region)
+        )
+
+    def _stub(self, region: str) -> kms_pb2_grpc.KeyManagementServiceAsyncStub:
+        # No await between the check and the insert: on one event loop this cannot race.
+        stub = self._stubs.get(region)
+        if stub is None:
+            channel = self._channel_factory(region, self._channel_target(region))
+            self._channels[region] = channel
+            stub = self._stubs[region] = kms_pb2_grpc.KeyManagementServiceStub(channel)
+        return stub
+
+    async def _invoke(
+        self,
+        operation: Operation[RequestT, ResponseT, ResultT],
+        timeout_s: float | None,
+        **fields: object,
+    ) -> ResultT:
+        call = self._prepare(operation, fields, timeout_s)
+        method: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT] = getattr(
+            self._stub(call.region), operation.name
+        )
+        try:
+            response = await method(call.request, timeout=call.timeout_s)
+        except grpc.aio.AioRpcError as rpc_error:
+            raise _error(operation.name, call.region, rpc_error) from rpc_error
+        return operation.to_result(response, call.region)
+
+    # ---- key management --------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        policy: str | None = None,
+        description: str | None = None,
+        key_usage: str | None = None,
+        customer_master_key_spec: str | None = None,
+        key_spec: str | None = None,
+        origin: str | None = None,
+        bypass_policy_lockout_safety_check: bool | None = None,
+        tags: _core.TagsArgument | None = None,
+        multi_region: bool | None = None,
+        timeout_s: float | None = None,
+    ) -> CreateKeyResult:
+        return await self._invoke(
+            _core.CREATE_KEY,
+            timeout_s,
+            policy=policy,
+            description=description,
+            key_usage=key_usage,
+            customer_master_key_spec=customer_master_key_spec,
+            key_spec=key_spec,
+            origin=origin,
+            bypass_policy_lockout_safety_check=bypass_policy_lockout_safety_check,
+            tags=tags,
+            multi_region=multi_region,
+        )
+
+    async def describe_key(
+        self,
+        *,
+        key_id: str,
+        grant_tokens: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> DescribeKeyResult:
+        return await self._invoke(
+            _core.DESCRIBE_KEY, timeout_s, key_id=key_id, grant_tokens=grant_tokens
+        )
+
+    async def list_keys(
+        self, *, limit: int | None = None, marker: str | None = None, timeout_s: float | None = None
+    ) -> ListKeysResult:
+        return await self._invoke(_core.LIST_KEYS, timeout_s, limit=limit, marker=marker)
+
+    async def update_key_description(
+        self, *, key_id: str, description: str, timeout_s: float | None = None
+    ) -> EmptyResult:
+        return await self._invoke(
+            _core.UPDATE_KEY_DESCRIPTION, timeout_s, key_id=key_id, description=description
+        )
+
+    async def enable_key(self, *, key_id: str, timeout_s: float | None = None) -> EmptyResult:
+        return await self._invoke(_core.ENABLE_KEY, timeout_s, key_id=key_id)
+
+    async def disable_key(self, *, key_id: str, timeout_s: float | None = None) -> EmptyResult:
+        return await self._invoke(_core.DISABLE_KEY, timeout_s, key_id=key_id)
+
+    async def schedule_key_deletion(
+        self,
+        *,
+        key_id: str,
+        pending_window_in_days: int | None = None,
+        timeout_s: float | None = None,
+    ) -> ScheduleKeyDeletionResult:
+        return await self._invoke(
+            _core.SCHEDULE_KEY_DELETION,
+            timeout_s,
+            key_id=key_id,
+            pending_window_in_days=pending_window_in_days,
+        )
+
+    async def cancel_key_deletion(
+        self, *, key_id: str, timeout_s: float | None = None
+    ) -> CancelKeyDeletionResult:
+        return await self._invoke(_core.CANCEL_KEY_DELETION, timeout_s, key_id=key_id)
+
+    # ---- cryptographic operations ----------------------------------------------------------
+
+    async def encrypt(
+        self,
+        *,
+        key_id: str,
+        plaintext: bytes,
+        encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        encryption_algorithm: str | None = None,
+        timeout_s: float | None = None,
+    ) -> EncryptResult:
+        return await self._invoke(
+            _core.ENCRYPT,
+            timeout_s,
+            key_id=key_id,
+            plaintext=plaintext,
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
+            encryption_algorithm=encryption_algorithm,
+        )
+
+    async def decrypt(
+        self,
+        *,
+        ciphertext_blob: bytes,
+        encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        key_id: str | None = None,
+        encryption_algorithm: str | None = None,
+        timeout_s: float | None = None,
+    ) -> DecryptResult:
+        return await self._invoke(
+            _core.DECRYPT,
+            timeout_s,
+            ciphertext_blob=ciphertext_blob,
+            encryption_context=encryption_context,
+            grant_tokens=grant_tokens,
+            key_id=key_id,
+            encryption_algorithm=encryption_algorithm,
+        )
+
+    async def re_encrypt(
+        self,
+        *,
+        ciphertext_blob: bytes,
+        destination_key_id: str,
+        source_encryption_context: Mapping[str, str] | None = None,
+        source_key_id: str | None = None,
+        destination_encryption_context: Mapping[str, str] | None = None,
+        source_encryption_algorithm: str | None = None,
+        destination_encryption_algorithm: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ReEncryptResult:
+        return await self._invoke(
+            _core.RE_ENCRYPT,
+            timeout_s,
+            ciphertext_blob=ciphertext_blob,
+            destination_key_id=destination_key_id,
+            source_encryption_context=source_encryption_context,
+            source_key_id=source_key_id,
+            destination_encryption_context=destination_encryption_context,
+            source_encryption_algorithm=source_encryption_algorithm,
+            destination_encryption_algorithm=destination_encryption_algorithm,
+            grant_tokens=grant_tokens,
+        )
+
+    async def generate_data_key(
+        self,
+        *,
+        key_id: str,
+        encryption_context: Mapping[str, str] | None = None,
+        number_of_bytes: int | None = None,
+        key_spec: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerateDataKeyResult:
+        return await self._invoke(
+            _core.GENERATE_DATA_KEY,
+            timeout_s,
+            key_id=key_id,
+            encryption_context=encryption_context,
+            number_of_bytes=number_of_bytes,
+            key_spec=key_spec,
+            grant_tokens=grant_tokens,
+        )
+
+    async def generate_data_key_without_plaintext(
+        self,
+        *,
+        key_id: str,
+        encryption_context: Mapping[str, str] | None = None,
+        number_of_bytes: int | None = None,
+        key_spec: str | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerateDataKeyWithoutPlaintextResult:
+        return await self._invoke(
+            _core.GENERATE_DATA_KEY_WITHOUT_PLAINTEXT,
+            timeout_s,
+            key_id=key_id,
+            encryption_context=encryption_context,
+            number_of_bytes=number_of_bytes,
+            key_spec=key_spec,
+            grant_tokens=grant_tokens,
+        )
+
+    async def generate_random(
+        self, *, number_of_bytes: int | None = None, timeout_s: float | None = None
+    ) -> GenerateRandomResult:
+        return await self._invoke(_core.GENERATE_RANDOM, timeout_s, number_of_bytes=number_of_bytes)
+
+    # ---- aliases ---------------------------------------------------------------------------
+
+    async def create_alias(
+        self, *, alias_name: str, target_key_id: str, timeout_s: float | None = None
+    ) -> EmptyResult:
+        return await self._invoke(
+            _core.CREATE_ALIAS, timeout_s, alias_name=alias_name, target_key_id=target_key_id
+        )
+
+    async def update_alias(
+        self, *, alias_name: str, target_key_id: str, timeout_s: float | None = None
+    ) -> EmptyResult:
+        return await self._invoke(
+            _core.UPDATE_ALIAS, timeout_s, alias_name=alias_name, target_key_id=target_key_id
+        )
+
+    async def delete_alias(self, *, alias_name: str, timeout_s: float | None = None) -> EmptyResult:
+        return await self._invoke(_core.DELETE_ALIAS, timeout_s, alias_name=alias_name)
+
+    async def list_aliases(
+        self,
+        *,
+        key_id: str | None = None,
+        limit: int | None = None,
+        marker: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ListAliasesResult:
+        return await self._invoke(
+            _core.LIST_ALIASES, timeout_s, key_id=key_id, limit=limit, marker=marker
+        )
+
+    # ---- tags ------------------------------------------------------------------------------
+
+    async def tag_resource(
+        self, *, key_id: str, tags: _core.TagsArgument, timeout_s: float | None = None
+    ) -> EmptyResult:
+        return await self._invoke(_core.TAG_RESOURCE, timeout_s, key_id=key_id, tags=tags)
+
+    async def untag_resource(
+        self, *, key_id: str, tag_keys: Sequence[str], timeout_s: float | None = None
+    ) -> EmptyResult:
+        return await self._invoke(_core.UNTAG_RESOURCE, timeout_s, key_id=key_id, tag_keys=tag_keys)
+
+    async def list_resource_tags(
+        self,
+        *,
+        key_id: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ListResourceTagsResult:
+        return await self._invoke(
+            _core.LIST_RESOURCE_TAGS, timeout_s, key_id=key_id, limit=limit, marker=marker
+        )
+
+    # ---- paginators ------------------------------------------------------------------------
+
+    async def iter_keys(
+        self, *, limit: int | None = None, timeout_s: float | None = None
+    ) -> AsyncIterator[KeyListEntry]:
+        """Every key, following next_marker; ``limit`` is the page size asked for."""
+        pager = Pager()
+        while True:
+            page = await self.list_keys(limit=limit, marker=pager.marker, timeout_s=timeout_s)
+            for key in page.keys:
+                yield key
+            if not pager.advance("ListKeys", page.truncated, page.next_marker):
+                return
+
+    async def iter_aliases(
+        self,
+        *,
+        key_id: str | None = None,
+        limit: int | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[AliasListEntry]:
+        """Every alias (of ``key_id`` if given), following next_marker."""
+        pager = Pager()
+        while True:
+            page = await self.list_aliases(
+                key_id=key_id, limit=limit, marker=pager.marker, timeout_s=timeout_s
+            )
+            for alias in page.aliases:
+                yield alias
+            if not pager.advance("ListAliases", page.truncated, page.next_marker):
+                return
+
+
+def _error(operation: str, region: str, rpc_error: grpc.aio.AioRpcError) -> KmsError:
+    # grpc_status.rpc_status.from_call needs a finished blocking Call; an aio
+    # error carries the same trailers, which the core parses directly.
+    code = rpc_error.code()
+    trailing = tuple(rpc_error.trailing_metadata() or ())
+    return _core.error_from_rpc(
+        operation=operation,
+        region=region,
+        code=code,
+        message=rpc_error.details(),
+        status=_core.status_from_metadata(code, trailing),
+        metadata=(trailing, tuple(rpc_error.initial_metadata() or ())),
+    )
