@@ -22,5 +22,7 @@ async def run_deletion_sweeper(service: KeyService, clock: Clock, *, interval_s:
             log.exception("deletion sweep failed; retrying at the next interval")
         else:
             for key_id in deleted:
-                log.info("key deleted after its waiting period", event_name="DeleteKey", key_id=key_id)
+                log.info(
+                    "key deleted after its waiting period", event_name="DeleteKey", key_id=key_id
+                )
         await clock.sleep(interval_s)

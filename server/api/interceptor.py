@@ -19,8 +19,8 @@ from google.protobuf.message import DecodeError
 from meridian.server.api.errors import status_for, unauthenticated_status
 from meridian.server.api.principal import PrincipalResolver
 from meridian.server.domain.errors import (
-    KMSInternalException,
     KmsError,
+    KMSInternalException,
     ValidationException,
 )
 from meridian.server.domain.model import Caller
@@ -51,7 +51,9 @@ class RequestInterceptor(_ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
@@ -142,8 +144,10 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             return parse(data)
         except DecodeError as error:
-            problem = "a string field is not valid UTF-8" if "UTF-8" in str(error) else (
-                "the message is not valid protobuf"
+            problem = (
+                "a string field is not valid UTF-8"
+                if "UTF-8" in str(error)
+                else ("the message is not valid protobuf")
             )
             return MalformedRequest(problem)
 

@@ -73,7 +73,9 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
 
     # ---- key management ----------------------------------------------------------
 
-    async def CreateKey(self, request: pb.CreateKeyRequest, context: Context) -> pb.CreateKeyResponse:
+    async def CreateKey(
+        self, request: pb.CreateKeyRequest, context: Context
+    ) -> pb.CreateKeyResponse:
         key = await self._service.create_key(
             CURRENT_CALLER.get(),
             CreateKeyRequest(
@@ -114,7 +116,9 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         )
         return pb.UpdateKeyDescriptionResponse(region=self._region)
 
-    async def EnableKey(self, request: pb.EnableKeyRequest, context: Context) -> pb.EnableKeyResponse:
+    async def EnableKey(
+        self, request: pb.EnableKeyRequest, context: Context
+    ) -> pb.EnableKeyResponse:
         await self._service.enable_key(CURRENT_CALLER.get(), request.key_id)
         return pb.EnableKeyResponse(region=self._region)
 
@@ -130,7 +134,8 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         key = await self._service.schedule_key_deletion(
             CURRENT_CALLER.get(), request.key_id, _optional_int(request, "pending_window_in_days")
         )
-        assert key.deletion_date is not None and key.pending_window_days is not None
+        assert key.deletion_date is not None
+        assert key.pending_window_days is not None
         return pb.ScheduleKeyDeletionResponse(
             key_id=key.arn,
             deletion_date=_timestamp(key.deletion_date),
@@ -180,7 +185,9 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             region=self._region,
         )
 
-    async def ReEncrypt(self, request: pb.ReEncryptRequest, context: Context) -> pb.ReEncryptResponse:
+    async def ReEncrypt(
+        self, request: pb.ReEncryptRequest, context: Context
+    ) -> pb.ReEncryptResponse:
         result = await self._service.re_encrypt(
             CURRENT_CALLER.get(),
             ciphertext_blob=request.ciphertext_blob,

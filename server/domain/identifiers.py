@@ -130,9 +130,7 @@ def parse_target_key_id(text: str, *, region: str, account_id: str) -> str:
 
 def validate_alias_name(name: str) -> None:
     if not name or len(name) > ALIAS_NAME_CHARS_MAX:
-        raise ValidationException(
-            f"AliasName must be 1 to {ALIAS_NAME_CHARS_MAX} characters long"
-        )
+        raise ValidationException(f"AliasName must be 1 to {ALIAS_NAME_CHARS_MAX} characters long")
     if not _ALIAS.match(name):
         raise InvalidAliasNameException(
             "AliasName must begin with 'alias/' followed by letters, digits, '/', '_' or '-'"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Generic, TypeVar
 
-from meridian.server.domain import identifiers
+from meridian.server.domain import identifiers, validation
 from meridian.server.domain.clock import Clock
 from meridian.server.domain.crypto import blob as blob_recipe
 from meridian.server.domain.crypto.context import validate_encryption_context
@@ -48,7 +48,6 @@ from meridian.server.domain.model import (
 )
 from meridian.server.domain.pagination import make_marker, parse_marker
 from meridian.server.domain.ports import KeyRepository, KeyStore, KeyWriter
-from meridian.server.domain import validation
 
 MATERIAL_BYTES = 32
 SWEEP_BATCH_KEYS_MAX = 100
@@ -244,9 +243,7 @@ class KeyService:
             )
         async with self._store.write() as tx:
             key = await self._resolve(tx, key_id)
-            _require_state(
-                key, {KeyState.ENABLED, KeyState.DISABLED}, "scheduled for deletion"
-            )
+            _require_state(key, {KeyState.ENABLED, KeyState.DISABLED}, "scheduled for deletion")
             key.state = KeyState.PENDING_DELETION
             key.deletion_date = self._clock.now() + timedelta(days=days)
             key.pending_window_days = days
@@ -631,15 +628,13 @@ def _material_aad(key_id: str, material_id: bytes) -> bytes:
 
 def _resolve_key_spec(key_spec: str, customer_master_key_spec: str) -> KeySpec:
     if key_spec and customer_master_key_spec and key_spec != customer_master_key_spec:
-        raise ValidationException(
-            "KeySpec and CustomerMasterKeySpec disagree; use KeySpec only"
-        )
-    return _parse_enum(KeySpec, key_spec or customer_master_key_spec or "SYMMETRIC_DEFAULT", "KeySpec")
+        raise ValidationException("KeySpec and CustomerMasterKeySpec disagree; use KeySpec only")
+    return _parse_enum(
+        KeySpec, key_spec or customer_master_key_spec or "SYMMETRIC_DEFAULT", "KeySpec"
+    )
 
 
-def _parse_enum(
-    enum: type[E], value: str, field: str
-) -> E:
+def _parse_enum(enum: type[E], value: str, field: str) -> E:
     try:
         return enum(value)
     except ValueError:

@@ -31,9 +31,7 @@ PENDING_WINDOW_DAYS_DEFAULT = 30
 
 def validate_description(description: str) -> None:
     if len(description) > DESCRIPTION_CHARS_MAX:
-        raise ValidationException(
-            f"Description must be at most {DESCRIPTION_CHARS_MAX} characters"
-        )
+        raise ValidationException(f"Description must be at most {DESCRIPTION_CHARS_MAX} characters")
 
 
 def validate_tags(tags: Sequence[Tag]) -> None:

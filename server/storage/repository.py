@@ -36,9 +36,7 @@ def to_us(moment: datetime) -> int:
 
 
 def from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(
-        microsecond=value % 1_000_000
-    )
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC).replace(microsecond=value % 1_000_000)
 
 
 def _optional_us(moment: datetime | None) -> int | None:
@@ -137,8 +135,7 @@ class SqliteRepository:
         columns = "alias_name, target_key_id, created_at_us, updated_at_us"
         if key_id is None:
             rows = await self._all(
-                f"SELECT {columns} FROM aliases WHERE alias_name > ? "
-                "ORDER BY alias_name LIMIT ?",
+                f"SELECT {columns} FROM aliases WHERE alias_name > ? ORDER BY alias_name LIMIT ?",
                 (after_alias_name or "", limit),
             )
         else:

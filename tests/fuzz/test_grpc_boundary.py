@@ -54,7 +54,9 @@ async def test_fuzz_encrypt_decrypt_alias(running_node) -> None:
     key = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata
     await stub.CreateAlias(pb.CreateAliasRequest(alias_name="alias/fuzz", target_key_id=key.key_id))
     valid_blob = (
-        await stub.Encrypt(pb.EncryptRequest(key_id=key.key_id, plaintext=b"seed", encryption_context={"a": "b"}))
+        await stub.Encrypt(
+            pb.EncryptRequest(key_id=key.key_id, plaintext=b"seed", encryption_context={"a": "b"})
+        )
     ).ciphertext_blob
 
     blobs = st.one_of(
@@ -65,9 +67,11 @@ async def test_fuzz_encrypt_decrypt_alias(running_node) -> None:
             st.binary(max_size=64),
         ),
         st.builds(
-            lambda i, x: valid_blob[: i % len(valid_blob)]
-            + bytes([valid_blob[i % len(valid_blob)] ^ (x or 1)])
-            + valid_blob[i % len(valid_blob) + 1 :],
+            lambda i, x: (
+                valid_blob[: i % len(valid_blob)]
+                + bytes([valid_blob[i % len(valid_blob)] ^ (x or 1)])
+                + valid_blob[i % len(valid_blob) + 1 :]
+            ),
             st.integers(min_value=0, max_value=10_000),
             st.integers(min_value=0, max_value=255),
         ),
@@ -87,15 +91,24 @@ async def test_fuzz_encrypt_decrypt_alias(running_node) -> None:
         if operation == "encrypt":
             call = stub.Encrypt(
                 pb.EncryptRequest(
-                    key_id=key_id, plaintext=plaintext, encryption_context=context, encryption_algorithm=algorithm
+                    key_id=key_id,
+                    plaintext=plaintext,
+                    encryption_context=context,
+                    encryption_algorithm=algorithm,
                 )
             )
         elif operation == "decrypt":
             call = stub.Decrypt(
-                pb.DecryptRequest(ciphertext_blob=blob, encryption_context=context, key_id=key_id if number else "")
+                pb.DecryptRequest(
+                    ciphertext_blob=blob,
+                    encryption_context=context,
+                    key_id=key_id if number else "",
+                )
             )
         elif operation == "alias":
-            call = stub.CreateAlias(pb.CreateAliasRequest(alias_name=key_id, target_key_id=key.key_id))
+            call = stub.CreateAlias(
+                pb.CreateAliasRequest(alias_name=key_id, target_key_id=key.key_id)
+            )
         elif operation == "describe":
             call = stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id))
         else:
@@ -133,9 +146,7 @@ async def _run_async_given(test) -> None:
         raise pending[0]
 
 
-METHODS = [
-    method.name for method in pb.DESCRIPTOR.services_by_name["KeyManagementService"].methods
-]
+METHODS = [method.name for method in pb.DESCRIPTOR.services_by_name["KeyManagementService"].methods]
 
 
 async def test_fuzz_raw_wire_bytes_on_every_method(running_node) -> None:
@@ -162,7 +173,9 @@ async def test_fuzz_raw_wire_bytes_on_every_method(running_node) -> None:
 async def test_non_utf8_encryption_context_is_validation_error(running_node) -> None:
     stub = running_node.stub
     key_id = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata.key_id
-    valid = pb.EncryptRequest(key_id=key_id, plaintext=b"x", encryption_context={"k": "v"}).SerializeToString()
+    valid = pb.EncryptRequest(
+        key_id=key_id, plaintext=b"x", encryption_context={"k": "v"}
+    ).SerializeToString()
     corrupted = valid.replace(b"\x01v", b"\x01\xff")
     assert corrupted != valid
     call = running_node.channel.unary_unary(

@@ -29,8 +29,12 @@ async def _settle() -> None:
 async def test_key_is_deleted_exactly_when_the_window_ends(running_node) -> None:
     stub, clock = running_node.stub, running_node.clock
     key = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata
-    await stub.CreateAlias(pb.CreateAliasRequest(alias_name="alias/doomed", target_key_id=key.key_id))
-    await stub.ScheduleKeyDeletion(pb.ScheduleKeyDeletionRequest(key_id=key.key_id, pending_window_in_days=7))
+    await stub.CreateAlias(
+        pb.CreateAliasRequest(alias_name="alias/doomed", target_key_id=key.key_id)
+    )
+    await stub.ScheduleKeyDeletion(
+        pb.ScheduleKeyDeletionRequest(key_id=key.key_id, pending_window_in_days=7)
+    )
 
     service = running_node.node.service
     clock.advance(timedelta(days=7) - timedelta(microseconds=1))
@@ -53,7 +57,9 @@ async def test_key_is_deleted_exactly_when_the_window_ends(running_node) -> None
 async def test_background_sweeper_deletes_due_keys(running_node) -> None:
     stub, clock = running_node.stub, running_node.clock
     key_id = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata.key_id
-    await stub.ScheduleKeyDeletion(pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7))
+    await stub.ScheduleKeyDeletion(
+        pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7)
+    )
     clock.advance(timedelta(days=8))
     for _ in range(200):
         if await _state(stub, key_id) is None:
@@ -65,7 +71,9 @@ async def test_background_sweeper_deletes_due_keys(running_node) -> None:
 async def test_cancelled_deletion_is_never_carried_out(running_node) -> None:
     stub, clock = running_node.stub, running_node.clock
     key_id = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata.key_id
-    await stub.ScheduleKeyDeletion(pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7))
+    await stub.ScheduleKeyDeletion(
+        pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7)
+    )
     clock.advance(timedelta(days=3))
     await stub.CancelKeyDeletion(pb.CancelKeyDeletionRequest(key_id=key_id))
     clock.advance(timedelta(days=30))
@@ -76,8 +84,12 @@ async def test_cancelled_deletion_is_never_carried_out(running_node) -> None:
 async def test_old_ciphertext_of_a_deleted_key_is_invalid(running_node) -> None:
     stub, clock = running_node.stub, running_node.clock
     key_id = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata.key_id
-    blob = (await stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"secret"))).ciphertext_blob
-    await stub.ScheduleKeyDeletion(pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7))
+    blob = (
+        await stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"secret"))
+    ).ciphertext_blob
+    await stub.ScheduleKeyDeletion(
+        pb.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_in_days=7)
+    )
     clock.advance(timedelta(days=8))
     await _settle()
     await expect_error(

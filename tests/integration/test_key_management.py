@@ -42,7 +42,10 @@ async def test_create_key_metadata_follows_aws(running_node) -> None:
         ({"key_spec": "RSA_2048"}, "UnsupportedOperationException"),
         ({"key_spec": "NOT_A_SPEC"}, "ValidationException"),
         ({"key_usage": "SIGN_VERIFY"}, "ValidationException"),
-        ({"key_spec": "SYMMETRIC_DEFAULT", "customer_master_key_spec": "RSA_2048"}, "ValidationException"),
+        (
+            {"key_spec": "SYMMETRIC_DEFAULT", "customer_master_key_spec": "RSA_2048"},
+            "ValidationException",
+        ),
         ({"origin": "EXTERNAL"}, "UnsupportedOperationException"),
         ({"origin": "NOWHERE"}, "ValidationException"),
         ({"multi_region": True}, "UnsupportedOperationException"),
@@ -50,7 +53,10 @@ async def test_create_key_metadata_follows_aws(running_node) -> None:
         ({"policy": "not json"}, "MalformedPolicyDocumentException"),
         ({"tags": [pb.Tag(tag_key="aws:reserved", tag_value="v")]}, "TagException"),
         ({"tags": [pb.Tag(tag_key="", tag_value="v")]}, "TagException"),
-        ({"tags": [pb.Tag(tag_key=f"k{i}", tag_value="v") for i in range(51)]}, "LimitExceededException"),
+        (
+            {"tags": [pb.Tag(tag_key=f"k{i}", tag_value="v") for i in range(51)]},
+            "LimitExceededException",
+        ),
     ],
 )
 async def test_create_key_rejects_bad_input(running_node, fields, reason) -> None:
@@ -63,7 +69,9 @@ async def test_create_key_rejects_bad_input(running_node, fields, reason) -> Non
 async def test_describe_key_by_id_arn_alias_and_alias_arn(running_node) -> None:
     stub = running_node.stub
     metadata = await create(stub)
-    await stub.CreateAlias(pb.CreateAliasRequest(alias_name="alias/app", target_key_id=metadata.key_id))
+    await stub.CreateAlias(
+        pb.CreateAliasRequest(alias_name="alias/app", target_key_id=metadata.key_id)
+    )
     alias_arn = f"arn:meridian:kms:{REGION}:{ACCOUNT}:alias/app"
     for reference in (metadata.key_id, metadata.arn, "alias/app", alias_arn):
         described = await stub.DescribeKey(pb.DescribeKeyRequest(key_id=reference))
@@ -79,13 +87,19 @@ async def test_describe_key_by_id_arn_alias_and_alias_arn(running_node) -> None:
         ("00000000-0000-4000-8000-000000000000", NOT_FOUND, "NotFoundException"),
         ("alias/missing", NOT_FOUND, "NotFoundException"),
         ("alias/bad name", INVALID, "InvalidAliasNameException"),
-        ("arn:meridian:kms:eu-west-1:111122223333:key/00000000-0000-4000-8000-000000000000", NOT_FOUND, "NotFoundException"),
+        (
+            "arn:meridian:kms:eu-west-1:111122223333:key/00000000-0000-4000-8000-000000000000",
+            NOT_FOUND,
+            "NotFoundException",
+        ),
         ("arn:aws:kms:us-east-1:111122223333:key/x", INVALID, "InvalidArnException"),
         ("arn:meridian:kms:us-east-1:111122223333:widget/x", INVALID, "InvalidArnException"),
     ],
 )
 async def test_describe_key_bad_references(running_node, key_id, code, reason) -> None:
-    await expect_error(running_node.stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id)), code, reason)
+    await expect_error(
+        running_node.stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id)), code, reason
+    )
 
 
 async def test_list_keys_paginates_without_gaps(running_node) -> None:
@@ -111,13 +125,17 @@ async def test_list_keys_paginates_without_gaps(running_node) -> None:
 
 @pytest.mark.parametrize("limit", [0, 1001, -1])
 async def test_list_keys_limit_bounds(running_node, limit) -> None:
-    await expect_error(running_node.stub.ListKeys(pb.ListKeysRequest(limit=limit)), INVALID, "ValidationException")
+    await expect_error(
+        running_node.stub.ListKeys(pb.ListKeysRequest(limit=limit)), INVALID, "ValidationException"
+    )
 
 
 @pytest.mark.parametrize("marker", ["garbage!", "YWxpYXNlcwp4", "x" * 2000])
 async def test_list_keys_bad_marker(running_node, marker) -> None:
     await expect_error(
-        running_node.stub.ListKeys(pb.ListKeysRequest(marker=marker)), INVALID, "InvalidMarkerException"
+        running_node.stub.ListKeys(pb.ListKeysRequest(marker=marker)),
+        INVALID,
+        "InvalidMarkerException",
     )
 
 
@@ -128,7 +146,9 @@ async def test_enable_disable_and_crypto_refusal(running_node) -> None:
     described = (await stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id))).key_metadata
     assert (described.key_state, described.enabled) == ("Disabled", False)
     await expect_error(
-        stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"x")), PRECONDITION, "DisabledException"
+        stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=b"x")),
+        PRECONDITION,
+        "DisabledException",
     )
     await stub.EnableKey(pb.EnableKeyRequest(key_id=key_id))
     await stub.EnableKey(pb.EnableKeyRequest(key_id=key_id))  # idempotent, as in AWS
@@ -138,11 +158,15 @@ async def test_enable_disable_and_crypto_refusal(running_node) -> None:
 async def test_update_key_description(running_node) -> None:
     stub = running_node.stub
     key_id = (await create(stub, description="old")).key_id
-    await stub.UpdateKeyDescription(pb.UpdateKeyDescriptionRequest(key_id=key_id, description="new"))
+    await stub.UpdateKeyDescription(
+        pb.UpdateKeyDescriptionRequest(key_id=key_id, description="new")
+    )
     described = (await stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id))).key_metadata
     assert described.description == "new"
     await expect_error(
-        stub.UpdateKeyDescription(pb.UpdateKeyDescriptionRequest(key_id=key_id, description="d" * 8193)),
+        stub.UpdateKeyDescription(
+            pb.UpdateKeyDescriptionRequest(key_id=key_id, description="d" * 8193)
+        ),
         INVALID,
         "ValidationException",
     )
@@ -158,7 +182,9 @@ async def test_schedule_deletion_window_bounds(running_node, days) -> None:
         INVALID,
         "ValidationException",
     )
-    described = (await running_node.stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id))).key_metadata
+    described = (
+        await running_node.stub.DescribeKey(pb.DescribeKeyRequest(key_id=key_id))
+    ).key_metadata
     assert described.key_state == "Enabled"
 
 
@@ -181,11 +207,17 @@ async def test_schedule_and_cancel_deletion(running_node) -> None:
         PRECONDITION,
         "KMSInvalidStateException",
     )
-    await expect_error(stub.EnableKey(pb.EnableKeyRequest(key_id=key.key_id)), PRECONDITION, "KMSInvalidStateException")
+    await expect_error(
+        stub.EnableKey(pb.EnableKeyRequest(key_id=key.key_id)),
+        PRECONDITION,
+        "KMSInvalidStateException",
+    )
     cancelled = await stub.CancelKeyDeletion(pb.CancelKeyDeletionRequest(key_id=key.key_id))
     assert cancelled.key_id == key.arn
     described = (await stub.DescribeKey(pb.DescribeKeyRequest(key_id=key.key_id))).key_metadata
-    assert described.key_state == "Disabled", "a cancelled deletion leaves the key disabled, as in AWS"
+    assert described.key_state == "Disabled", (
+        "a cancelled deletion leaves the key disabled, as in AWS"
+    )
     assert not described.HasField("deletion_date")
     await expect_error(
         stub.CancelKeyDeletion(pb.CancelKeyDeletionRequest(key_id=key.key_id)),
