@@ -66,6 +66,7 @@ PROBE_TIMEOUT_S_DEFAULT = 2.0
 # After SIGKILL only an uninterruptible sleep in the kernel can keep a process alive.
 KILL_WAIT_S = 5.0
 PORT_GRACE_S = 3.0
+_EXIT_CODE_WAIT_S = 1.0
 LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES_MAX = 64 * 1024
 _POLL_INTERVAL_S = 0.05
@@ -233,12 +234,12 @@ def kill(directory: Path, region: str, *, report: Report = _silent) -> int:
     directory = directory.resolve()
     with _locked(directory):
         spec = _read(directory)
-        entry = _region_entry(spec, region)
         pid = _running_pid(spec, region, report)
         if pid is None:
+            _write(spec.with_region(region, pid=None))
             raise ClusterError(f"region {region} is not running in {directory}")
         _signal(pid, signal.SIGKILL)
-        if _wait_gone({region: (pid, entry.config)}, KILL_WAIT_S):
+        if _wait_gone({region: pid}, KILL_WAIT_S):
             raise ClusterError(
                 f"region {region}'s node (pid {pid}) is still alive {KILL_WAIT_S:g} s after SIGKILL"
             )
@@ -422,12 +423,15 @@ def _write_node_config(spec: ClusterSpec, region: str) -> None:
         },
         "root_key": {"provider": "file", "path": "root.key"},
         "log": {"level": "info"},
-        "peers": [
-            {"region": peer, "endpoint": peer_entry.endpoint}
-            for peer, peer_entry in spec.regions.items()
-            if peer != region
-        ],
     }
+    peers = [
+        {"region": peer, "endpoint": peer_entry.endpoint}
+        for peer, peer_entry in spec.regions.items()
+        if peer != region
+    ]
+    # TOML has no way to write an empty array of tables, and `peers` is optional.
+    if peers:
+        document["peers"] = peers
     text = _to_toml(document)
     # The TOML writer is tiny and hand-made; parse its output back so a quoting bug can
     # never hand a node a config that means something else.
@@ -581,7 +585,8 @@ def _signal(pid: int, signal_number: signal.Signals) -> None:
 
 
 def _running_pid(spec: ClusterSpec, region: str, report: Report) -> int | None:
-    entry = spec.regions[region]
+    """The pid of the region's running node; None if stopped. Unknown regions raise."""
+    entry = _region_entry(spec, region)
     if entry.pid is None:
         return None
     if _is_our_node(entry.pid, entry.config):
@@ -590,37 +595,65 @@ def _running_pid(spec: ClusterSpec, region: str, report: Report) -> int | None:
     return None
 
 
-def _wait_gone(processes: Mapping[str, tuple[int, Path]], timeout_s: float) -> list[str]:
-    """Wait until every process is gone; returns the regions still alive at the deadline."""
+def _has_exited(pid: int) -> bool:
+    """Whether `pid` has finished exiting: reaped, or a zombie that holds nothing any more.
+
+    A process being killed loses its command line (its memory) before it closes its
+    files and sockets, so `_is_our_node` turns False too early to mean "its port is free".
+    """
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        # Without /proc (not Linux) existence is all that can be checked.
+        return Path("/proc/self").exists() or not _exists(pid)
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may hold anything.
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _wait_gone(pids: Mapping[str, int], timeout_s: float) -> list[str]:
+    """Wait until every process has exited; returns the regions alive at the deadline."""
     deadline = time.monotonic() + timeout_s
-    alive = [region for region, (pid, config) in processes.items() if _is_our_node(pid, config)]
+    alive = [region for region, pid in pids.items() if not _has_exited(pid)]
     while alive and time.monotonic() < deadline:
         time.sleep(_POLL_INTERVAL_S)
-        alive = [region for region in alive if _is_our_node(*processes[region])]
+        alive = [region for region in alive if not _has_exited(pids[region])]
     return alive
+
+
+def _exit_code(pid: int, timeout_s: float) -> int | None:
+    """Wait a moment for an exiting child's status, to say how it ended; None if unknown."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exit_code = _reap(pid)
+        if exit_code is not None or time.monotonic() >= deadline:
+            return exit_code
+        time.sleep(_POLL_INTERVAL_S)
 
 
 def _stop(
     spec: ClusterSpec, regions: Sequence[str], stop_timeout_s: float, report: Report
 ) -> tuple[ClusterSpec, dict[str, str]]:
     """SIGTERM the nodes of `regions`, SIGKILL those alive at the deadline, record pids."""
-    processes: dict[str, tuple[int, Path]] = {}
+    processes: dict[str, int] = {}
     for region in regions:
         entry = spec.regions[region]
         if entry.pid is not None and _is_our_node(entry.pid, entry.config):
-            processes[region] = (entry.pid, entry.config)
-    for pid, _config in processes.values():
+            processes[region] = entry.pid
+    for pid in processes.values():
         _signal(pid, signal.SIGTERM)
     outcomes = {region: "stopped" for region in regions}
     leftovers = _wait_gone(processes, stop_timeout_s)
     for region in leftovers:
         report(f"region {region}: no exit within {stop_timeout_s:g} s of SIGTERM; sending SIGKILL")
-        _signal(processes[region][0], signal.SIGKILL)
+        _signal(processes[region], signal.SIGKILL)
         outcomes[region] = f"killed (still running {stop_timeout_s:g} s after SIGTERM)"
     survivors = _wait_gone({region: processes[region] for region in leftovers}, KILL_WAIT_S)
     for region in regions:
         if region in survivors:
-            outcomes[region] = f"still running after SIGKILL (pid {processes[region][0]})"
+            outcomes[region] = f"still running after SIGKILL (pid {processes[region]})"
         else:
             spec = spec.with_region(region, pid=None)
     _write(spec)
@@ -689,8 +722,8 @@ def _wait_ready(spec: ClusterSpec, log_offsets: Mapping[str, int], ready_timeout
             for region in list(pending):
                 entry = spec.regions[region]
                 assert entry.pid is not None
-                exit_code = _reap(entry.pid)
-                if exit_code is not None or not _is_our_node(entry.pid, entry.config):
+                if not _is_our_node(entry.pid, entry.config):
+                    exit_code = _exit_code(entry.pid, _EXIT_CODE_WAIT_S)
                     reason = f"{_describe_exit(exit_code)} during startup"
                     raise ClusterError(_node_failure(region, entry, reason, log_offsets[region]))
                 remaining_s = deadline - time.monotonic()

@@ -97,6 +97,11 @@ def _run(name: str, action: Callable[[], None]) -> int:
     except cluster.ClusterError as error:
         print(f"meridian cluster {name}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        # A file system error (DIR is a file, no permission, disk full) is the operator's
+        # to fix, and its message names the path; a traceback would add nothing.
+        print(f"meridian cluster {name}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"meridian cluster {name}: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
@@ -161,7 +166,7 @@ def _start(args: argparse.Namespace) -> int:
     def action() -> None:
         spec = cluster.start(args.dir, args.region, ready_timeout_s=args.timeout, report=_progress)
         entry = spec.regions[args.region]
-        print(f"{args.region}: started pid {entry.pid} on {entry.endpoint}")
+        print(f"{args.region}: SERVING (pid {entry.pid} on {entry.endpoint})")
 
     return _run("start", action)
 

@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     # Imported here so that other sub-commands do not pay for the server's imports.
     from meridian.server.logging import configure_logging
-    from meridian.server.node import serve
+    from meridian.server.node import NodeStartError, serve
 
     try:
         config = load_config(args.config)
@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, region=config.region)
     try:
         asyncio.run(serve(config))
-    except OSError as error:
+    except NodeStartError as error:
         print(f"meridian node: {error}", file=sys.stderr)
         return 1
     return 0

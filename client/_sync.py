@@ -159,6 +159,10 @@ class KmsClient(BaseKmsClient):
             response = method(call.request, timeout=call.timeout_s)
         except grpc.RpcError as rpc_error:
             raise _error(operation.name, call.region, rpc_error) from rpc_error
+        except ValueError:
+            # grpc's "closed channel" error: close() in another thread won the race.
+            self._ensure_open()
+            raise
         return operation.to_result(response, call.region)
 
     # ---- key management --------------------------------------------------------------------

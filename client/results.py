@@ -4,7 +4,8 @@ Every result is a frozen dataclass with the snake_case names of AWS's response
 members, plus ``region``: the region that served the call. Timestamps become
 timezone-aware UTC ``datetime`` values (None when the server left them unset),
 repeated fields become tuples (so results stay hashable and immutable), and
-pagination markers become None on the last page.
+string members that AWS may leave out (markers, key material ids, the
+expiration model) are None rather than "".
 
 Plaintext and data keys are kept out of ``repr`` so that logging a result never
 logs a secret.
@@ -78,7 +79,7 @@ class KeyMetadata:
     deletion_date: datetime | None
     valid_to: datetime | None
     origin: str
-    expiration_model: str
+    expiration_model: str | None
     key_manager: str
     customer_master_key_spec: str
     key_spec: str
@@ -90,7 +91,7 @@ class KeyMetadata:
     multi_region_configuration: MultiRegionConfiguration | None
     pending_deletion_window_in_days: int | None
     mac_algorithms: tuple[str, ...]
-    current_key_material_id: str
+    current_key_material_id: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,7 +164,7 @@ class DecryptResult:
     key_id: str
     plaintext: bytes = field(repr=False)
     encryption_algorithm: str
-    key_material_id: str
+    key_material_id: str | None
     region: str
 
 
@@ -174,8 +175,8 @@ class ReEncryptResult:
     key_id: str
     source_encryption_algorithm: str
     destination_encryption_algorithm: str
-    source_key_material_id: str
-    destination_key_material_id: str
+    source_key_material_id: str | None
+    destination_key_material_id: str | None
     region: str
 
 
@@ -184,7 +185,7 @@ class GenerateDataKeyResult:
     ciphertext_blob: bytes
     plaintext: bytes = field(repr=False)
     key_id: str
-    key_material_id: str
+    key_material_id: str | None
     region: str
 
 
@@ -192,7 +193,7 @@ class GenerateDataKeyResult:
 class GenerateDataKeyWithoutPlaintextResult:
     ciphertext_blob: bytes
     key_id: str
-    key_material_id: str
+    key_material_id: str | None
     region: str
 
 
@@ -228,8 +229,9 @@ def _datetime(message: timestamp_pb2.Timestamp, present: bool) -> datetime | Non
     return message.ToDatetime(tzinfo=UTC) if present else None
 
 
-def _marker(next_marker: str) -> str | None:
-    return next_marker or None
+def _optional(text: str) -> str | None:
+    # proto3 strings cannot be absent; "" stands for a member AWS leaves out.
+    return text or None
 
 
 def _multi_region_key(message: kms_pb2.MultiRegionKey) -> MultiRegionKey:
@@ -259,7 +261,7 @@ def _key_metadata(message: kms_pb2.KeyMetadata) -> KeyMetadata:
         deletion_date=_datetime(message.deletion_date, message.HasField("deletion_date")),
         valid_to=_datetime(message.valid_to, message.HasField("valid_to")),
         origin=message.origin,
-        expiration_model=message.expiration_model,
+        expiration_model=_optional(message.expiration_model),
         key_manager=message.key_manager,
         customer_master_key_spec=message.customer_master_key_spec,
         key_spec=message.key_spec,
@@ -275,7 +277,7 @@ def _key_metadata(message: kms_pb2.KeyMetadata) -> KeyMetadata:
             else None
         ),
         mac_algorithms=tuple(message.mac_algorithms),
-        current_key_material_id=message.current_key_material_id,
+        current_key_material_id=_optional(message.current_key_material_id),
     )
 
 
@@ -294,7 +296,7 @@ def describe_key_result(message: kms_pb2.DescribeKeyResponse, region: str) -> De
 def list_keys_result(message: kms_pb2.ListKeysResponse, region: str) -> ListKeysResult:
     return ListKeysResult(
         keys=tuple(KeyListEntry(key_id=key.key_id, key_arn=key.key_arn) for key in message.keys),
-        next_marker=_marker(message.next_marker),
+        next_marker=_optional(message.next_marker),
         truncated=message.truncated,
         region=message.region or region,
     )
@@ -342,7 +344,7 @@ def decrypt_result(message: kms_pb2.DecryptResponse, region: str) -> DecryptResu
         key_id=message.key_id,
         plaintext=message.plaintext,
         encryption_algorithm=message.encryption_algorithm,
-        key_material_id=message.key_material_id,
+        key_material_id=_optional(message.key_material_id),
         region=message.region or region,
     )
 
@@ -354,8 +356,8 @@ def re_encrypt_result(message: kms_pb2.ReEncryptResponse, region: str) -> ReEncr
         key_id=message.key_id,
         source_encryption_algorithm=message.source_encryption_algorithm,
         destination_encryption_algorithm=message.destination_encryption_algorithm,
-        source_key_material_id=message.source_key_material_id,
-        destination_key_material_id=message.destination_key_material_id,
+        source_key_material_id=_optional(message.source_key_material_id),
+        destination_key_material_id=_optional(message.destination_key_material_id),
         region=message.region or region,
     )
 
@@ -367,7 +369,7 @@ def generate_data_key_result(
         ciphertext_blob=message.ciphertext_blob,
         plaintext=message.plaintext,
         key_id=message.key_id,
-        key_material_id=message.key_material_id,
+        key_material_id=_optional(message.key_material_id),
         region=message.region or region,
     )
 
@@ -378,7 +380,7 @@ def generate_data_key_without_plaintext_result(
     return GenerateDataKeyWithoutPlaintextResult(
         ciphertext_blob=message.ciphertext_blob,
         key_id=message.key_id,
-        key_material_id=message.key_material_id,
+        key_material_id=_optional(message.key_material_id),
         region=message.region or region,
     )
 
@@ -403,7 +405,7 @@ def list_aliases_result(message: kms_pb2.ListAliasesResponse, region: str) -> Li
             )
             for alias in message.aliases
         ),
-        next_marker=_marker(message.next_marker),
+        next_marker=_optional(message.next_marker),
         truncated=message.truncated,
         region=message.region or region,
     )
@@ -414,7 +416,7 @@ def list_resource_tags_result(
 ) -> ListResourceTagsResult:
     return ListResourceTagsResult(
         tags=tuple(Tag(tag.tag_key, tag.tag_value) for tag in message.tags),
-        next_marker=_marker(message.next_marker),
+        next_marker=_optional(message.next_marker),
         truncated=message.truncated,
         region=message.region or region,
     )

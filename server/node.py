@@ -26,7 +26,7 @@ from meridian.server.api.interceptor import RequestInterceptor
 from meridian.server.api.servicer import KeyManagementServicer
 from meridian.server.config import NodeConfig
 from meridian.server.domain.clock import Clock, SystemClock
-from meridian.server.domain.crypto.rootkey import FileRootKeyProvider
+from meridian.server.domain.crypto.rootkey import FileRootKeyProvider, RootKeyError
 from meridian.server.domain.service import KeyService
 from meridian.server.storage.store import SqliteStore
 from meridian.server.sweeper import run_deletion_sweeper
@@ -37,6 +37,10 @@ log = structlog.get_logger("meridian.node")
 # 32 KB policy; a megabyte leaves room without inviting memory exhaustion.
 MESSAGE_BYTES_MAX = 1024 * 1024
 SHUTDOWN_GRACE_S = 5.0
+
+
+class NodeStartError(Exception):
+    """The node cannot start: unreadable TLS files, a port it cannot bind, a bad root key."""
 
 
 @dataclass
@@ -56,8 +60,12 @@ class Node:
     async def start(self) -> int:
         """Open storage, start serving; returns the bound port."""
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        root_key = FileRootKeyProvider.open_or_create(config.root_key.path)
+        credentials = _server_credentials(config)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            root_key = FileRootKeyProvider.open_or_create(config.root_key.path)
+        except (OSError, RootKeyError) as error:
+            raise NodeStartError(f"cannot open the root key: {error}") from None
         self._store = await SqliteStore.open(config.database_path)
         self.service = KeyService(
             region=config.region,
@@ -88,15 +96,17 @@ class Node:
             ),
             server,
         )
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls.key.read_bytes(), config.tls.cert.read_bytes())],
-            root_certificates=config.tls.ca_cert.read_bytes(),
-            require_client_auth=True,
-        )
-        self.port = server.add_secure_port(config.listen, credentials)
+        try:
+            self.port = server.add_secure_port(config.listen, credentials)
+        except RuntimeError as error:
+            # grpc reports an unusable certificate or key only here, as RuntimeError.
+            await self._store.close()
+            raise NodeStartError(
+                f"cannot serve TLS on {config.listen} (check the [tls] files): {error}"
+            ) from None
         if self.port == 0:
             await self._store.close()
-            raise OSError(f"cannot listen on {config.listen}")
+            raise NodeStartError(f"cannot listen on {config.listen} (address in use?)")
         await server.start()
         self._server = server
         self._health_servicer = health_servicer
@@ -127,6 +137,22 @@ class Node:
             await self._store.close()
             self._store = None
         log.info("node stopped")
+
+
+def _server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+    try:
+        key, cert, ca = (
+            config.tls.key.read_bytes(),
+            config.tls.cert.read_bytes(),
+            config.tls.ca_cert.read_bytes(),
+        )
+    except OSError as error:
+        raise NodeStartError(f"cannot read TLS file {error.filename}: {error.strerror}") from None
+    # The node serves mTLS only: a caller without a certificate from the cluster CA
+    # never reaches the API.
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
 
 
 async def serve(config: NodeConfig) -> None:

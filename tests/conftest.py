@@ -6,6 +6,7 @@ with a fake clock and the real mTLS stack, listening on 127.0.0.1 port 0.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meridian.cli import pki
+from meridian.cli import cluster, pki
 from meridian.proto.kms.v1 import kms_pb2_grpc
 from meridian.server.config import NodeConfig, RootKeyConfig, TlsConfig
 from meridian.server.domain.clock import FakeClock
@@ -133,3 +134,43 @@ async def expect_error(awaitable: object, code: grpc.StatusCode, reason: str) ->
     assert caught.value.code() == code, caught.value
     assert error_reason(caught.value) == reason, caught.value
     return str(caught.value.details())
+
+
+# ---- end to end: real node processes started through the cluster manager ----
+
+
+@dataclass
+class ClusterHandle:
+    directory: Path
+
+    @property
+    def file(self) -> Path:
+        return self.directory / "cluster.json"
+
+    def region(self, name: str) -> dict:
+        return json.loads(self.file.read_text())["regions"][name]
+
+    def stub(self, region: str) -> tuple[grpc.Channel, kms_pb2_grpc.KeyManagementServiceStub]:
+        spec = json.loads(self.file.read_text())
+        entry = spec["regions"][region]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(spec["ca_cert"]).read_bytes(),
+            private_key=Path(spec["client_key"]).read_bytes(),
+            certificate_chain=Path(spec["client_cert"]).read_bytes(),
+        )
+        channel = grpc.secure_channel(
+            entry["endpoint"],
+            credentials,
+            options=[("grpc.ssl_target_name_override", entry["server_name"])],
+        )
+        return channel, kms_pb2_grpc.KeyManagementServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def single_region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
+    directory = tmp_path_factory.mktemp("cluster")
+    cluster.up(directory, ["us-east-1"])
+    try:
+        yield ClusterHandle(directory)
+    finally:
+        cluster.down(directory)

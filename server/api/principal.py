@@ -58,8 +58,8 @@ def _parse(pem: bytes) -> Principal | None:
     except (ValueError, x509.ExtensionNotFound):
         return None
     for name in names:
-        if match := _PRINCIPAL.match(name):
+        if match := _PRINCIPAL.fullmatch(name):
             return Principal("user", match.group(1))
-        if match := _NODE.match(name):
+        if match := _NODE.fullmatch(name):
             return Principal("node", match.group(1))
     return None

@@ -31,11 +31,11 @@ _RESERVED_ALIAS_PREFIX = "alias/aws/"
 
 
 def is_valid_region(name: str) -> bool:
-    return bool(_REGION.match(name))
+    return bool(_REGION.fullmatch(name))
 
 
 def is_valid_account(account_id: str) -> bool:
-    return bool(_ACCOUNT.match(account_id))
+    return bool(_ACCOUNT.fullmatch(account_id))
 
 
 def new_key_id(*, multi_region: bool, randbytes: bytes) -> str:
@@ -48,7 +48,7 @@ def new_key_id(*, multi_region: bool, randbytes: bytes) -> str:
 
 
 def is_key_id(text: str) -> bool:
-    return bool(_UUID.match(text) or _MRK.match(text))
+    return bool(_UUID.fullmatch(text) or _MRK.fullmatch(text))
 
 
 def key_arn(region: str, account_id: str, key_id: str) -> str:
@@ -131,7 +131,7 @@ def parse_target_key_id(text: str, *, region: str, account_id: str) -> str:
 def validate_alias_name(name: str) -> None:
     if not name or len(name) > ALIAS_NAME_CHARS_MAX:
         raise ValidationException(f"AliasName must be 1 to {ALIAS_NAME_CHARS_MAX} characters long")
-    if not _ALIAS.match(name):
+    if not _ALIAS.fullmatch(name):
         raise InvalidAliasNameException(
             "AliasName must begin with 'alias/' followed by letters, digits, '/', '_' or '-'"
         )

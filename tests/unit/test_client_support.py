@@ -99,6 +99,9 @@ class FakeKms:
         self.delay_s = 0.0
         self.fail_next: FakeError | None = None
         self.repeat_marker = False
+        self.page_size_default = 100
+        # Answer every RPC with an empty response: for tests of what the client sends.
+        self.record_only = False
         self._ids = itertools.count(1)
 
     # ---- plumbing -----------------------------------------------------------------
@@ -108,11 +111,12 @@ class FakeKms:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
+        if self.record_only:
+            return getattr(kms_pb2, f"{name}Response")(region=self.region)
         snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
         handler: Callable[[Any], Message] | None = getattr(self, f"_{snake}", None)
         if handler is None:
-            response_type = getattr(kms_pb2, f"{name}Response")
-            return response_type(region=self.region)
+            return getattr(kms_pb2, f"{name}Response")(region=self.region)
         return handler(request)
 
     def last(self, name: str) -> Any:
@@ -177,7 +181,7 @@ class FakeKms:
 
     def _page(self, items: Sequence[Any], request: Any) -> tuple[list[Any], str, bool]:
         start = int(request.marker or 0)
-        size = request.limit if request.HasField("limit") else 100
+        size = request.limit if request.HasField("limit") else self.page_size_default
         page = list(items[start : start + size])
         more = start + size < len(items)
         if not more:
