@@ -29,13 +29,13 @@ import signal
 import socket
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import grpc
+import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meridian.cli import pki
@@ -429,47 +429,9 @@ def _write_node_config(spec: ClusterSpec, region: str) -> None:
         for peer, peer_entry in spec.regions.items()
         if peer != region
     ]
-    # TOML has no way to write an empty array of tables, and `peers` is optional.
     if peers:
         document["peers"] = peers
-    text = _to_toml(document)
-    # The TOML writer is tiny and hand-made; parse its output back so a quoting bug can
-    # never hand a node a config that means something else.
-    assert tomllib.loads(text) == document, text
-    pki.write_atomic(entry.config, text.encode(), mode=0o644, overwrite=True)
-
-
-def _to_toml(document: Mapping[str, Any]) -> str:
-    """TOML for string values, tables and arrays of tables: all that node.toml needs."""
-    scalars = [
-        f"{key} = {_toml_string(value)}"
-        for key, value in document.items()
-        if isinstance(value, str)
-    ]
-    lines = list(scalars)
-    for key, value in document.items():
-        if isinstance(value, Mapping):
-            lines += ["", f"[{key}]"]
-            lines += [f"{name} = {_toml_string(item)}" for name, item in value.items()]
-        elif isinstance(value, list):
-            for table in value:
-                lines += ["", f"[[{key}]]"]
-                lines += [f"{name} = {_toml_string(item)}" for name, item in table.items()]
-        elif not isinstance(value, str):
-            raise TypeError(f"no TOML form for {key}={value!r}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_string(value: str) -> str:
-    escaped = []
-    for character in value:
-        if character in ('"', "\\"):
-            escaped.append("\\" + character)
-        elif ord(character) < 0x20 or ord(character) == 0x7F:
-            escaped.append(f"\\u{ord(character):04x}")
-        else:
-            escaped.append(character)
-    return '"' + "".join(escaped) + '"'
+    pki.write_atomic(entry.config, tomli_w.dumps(document).encode(), mode=0o644, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------

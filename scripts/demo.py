@@ -48,7 +48,8 @@ def main() -> int:
 
         step("SDK: create a key in us-east-1, give it an alias, encrypt and decrypt")
         with KmsClient.from_cluster_file(cluster_file, preferred_region="us-east-1") as kms:
-            key = kms.create_key(description="demo: card numbers", tags={"team": "payments"})
+            created = kms.create_key(description="demo: card numbers", tags={"team": "payments"})
+            key = created.key_metadata
             print(f"   created {key.arn} ({key.key_state}, {key.key_spec})")
             kms.create_alias(alias_name="alias/demo-cards", target_key_id=key.key_id)
             context = {"tenant": "acme", "purpose": "cards"}
@@ -58,7 +59,8 @@ def main() -> int:
                 encryption_context=context,
             )
             print(
-                f"   ciphertext: {len(encrypted.ciphertext_blob)} bytes, served by {encrypted.region}"
+                f"   ciphertext: {len(encrypted.ciphertext_blob)} bytes,"
+                f" served by {encrypted.region}"
             )
             decrypted = kms.decrypt(
                 ciphertext_blob=encrypted.ciphertext_blob, encryption_context=context
@@ -72,7 +74,8 @@ def main() -> int:
                 print(f"   wrong context -> {type(error).__name__}: {error}")
             data_key = kms.generate_data_key(key_id=key.key_id, key_spec="AES_256")
             print(
-                f"   data key: {len(data_key.plaintext)} bytes + {len(data_key.ciphertext_blob)}-byte wrapped copy"
+                f"   data key: {len(data_key.plaintext)} bytes"
+                f" + {len(data_key.ciphertext_blob)}-byte wrapped copy"
             )
 
         step("Command line: the same job with the AWS CLI's flags and output")
