@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from meridian.proto.kms.v1 import kms_pb2, kms_pb2_grpc
-from meridian.server.api.interceptor import RequestInterceptor
+from meridian.server.api.interceptor import CallHook, RequestInterceptor
 from meridian.server.api.servicer import KeyManagementServicer
 from meridian.server.config import NodeConfig
 from meridian.server.domain.clock import Clock, SystemClock
@@ -76,7 +76,9 @@ class Node:
             randbytes=self.randbytes,
         )
         server = grpc.aio.server(
-            interceptors=[RequestInterceptor(account_id=config.account_id)],
+            interceptors=[
+                RequestInterceptor(account_id=config.account_id, hooks=self._call_hooks())
+            ],
             options=[
                 ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
@@ -122,6 +124,10 @@ class Node:
         )
         log.info("node ready", listen=config.listen, port=self.port, data_dir=str(config.data_dir))
         return self.port
+
+    def _call_hooks(self) -> list[CallHook]:
+        """The steps every API call passes through, in order (authorization, audit...)."""
+        return []
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -47,12 +47,6 @@ def status_for(error: errors.KmsError) -> tuple[grpc.StatusCode, str, bytes]:
     return code, error.message, _status_bytes(code, error.message, error.reason)
 
 
-def unauthenticated_status(message: str) -> tuple[grpc.StatusCode, str, bytes]:
-    """No authenticated principal: AccessDeniedException with UNAUTHENTICATED (§2)."""
-    code = grpc.StatusCode.UNAUTHENTICATED
-    return code, message, _status_bytes(code, message, "AccessDeniedException")
-
-
 def _status_bytes(code: grpc.StatusCode, message: str, reason: str) -> bytes:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))

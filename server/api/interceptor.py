@@ -1,4 +1,4 @@
-"""One interceptor for every RPC: request id, authentication, logging, error mapping.
+"""One interceptor for every RPC: request id, authentication, hooks, logging, errors.
 
 Doing these once here (etcd's and wtf's habit) keeps servicers to pure translation
 and guarantees that no handler forgets to authenticate or maps an error its own way.
@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextvars
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from meridian.server.api.errors import status_for, unauthenticated_status
+from meridian.server.api.errors import status_for
 from meridian.server.api.principal import PrincipalResolver
 from meridian.server.domain.errors import (
+    AccessDeniedException,
     KmsError,
     KMSInternalException,
     ValidationException,
@@ -44,10 +46,47 @@ else:
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 
 
+class NotAuthenticated(AccessDeniedException):
+    """No client certificate names a principal: AccessDeniedException over UNAUTHENTICATED."""
+
+    def __init__(self) -> None:
+        super().__init__("The request carries no client certificate that names a principal")
+
+
+@dataclass
+class CallInfo:
+    """One call as the hooks see it. ``facts`` is where hooks leave what they learned
+    (the key ARN an authorizer resolved, the grant that allowed the call, ...) for the
+    hooks after them, e.g. the audit trail."""
+
+    operation: str
+    request: Any  # the decoded message, or MalformedRequest
+    caller: Caller | None  # None: no authenticated principal
+    request_id: str
+    source_address: str
+    started: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class CallHook(Protocol):
+    """A step every API call passes through (authorization, audit, ...), in order.
+
+    ``before`` runs after authentication and before the operation; raising a KmsError
+    refuses the call. ``after`` runs once the outcome is known and before the response
+    is sent, for every call including refused ones; raising fails the call (this is how
+    auditing fails closed).
+    """
+
+    async def before(self, call: CallInfo) -> None: ...
+
+    async def after(self, call: CallInfo, response: Any | None, error: KmsError | None) -> None: ...
+
+
 class RequestInterceptor(_ServerInterceptor):
-    def __init__(self, *, account_id: str) -> None:
+    def __init__(self, *, account_id: str, hooks: Sequence[CallHook] = ()) -> None:
         self._account_id = account_id
         self._principals = PrincipalResolver()
+        self._hooks = tuple(hooks)
 
     async def intercept_service(
         self,
@@ -69,58 +108,82 @@ class RequestInterceptor(_ServerInterceptor):
 
     def _wrap(self, behavior: Behavior, operation: str) -> Behavior:
         async def wrapped(request: Any, context: Context) -> Any:
-            request_id = str(uuid.uuid4())
-            started = time.perf_counter()
             principal = self._principals.from_auth_context(context.auth_context())
-            bound = log.bind(request_id=request_id, operation=operation)
-            if principal is None:
-                bound.warning("request refused", outcome="Unauthenticated")
-                code, message, details = unauthenticated_status(
-                    "The request carries no client certificate that names a principal"
+            source_address = _source_address(context.peer())
+            request_id = str(uuid.uuid4())
+            caller = None
+            if principal is not None:
+                caller = Caller(
+                    principal_arn=principal.arn(self._account_id),
+                    source_address=source_address,
+                    request_id=request_id,
                 )
-                await context.abort(code, message, _trailers(request_id, details))
-            assert principal is not None
-            caller = Caller(
-                principal_arn=principal.arn(self._account_id),
-                source_address=_source_address(context.peer()),
+            call = CallInfo(
+                operation=operation,
+                request=request,
+                caller=caller,
                 request_id=request_id,
+                source_address=source_address,
+                started=time.perf_counter(),
             )
-            token = CURRENT_CALLER.set(caller)
-            try:
-                if isinstance(request, MalformedRequest):
-                    raise ValidationException(
-                        f"The request is not a valid {operation} request: {request.problem}"
-                    )
-                response = await behavior(request, context)
-            except KmsError as error:
+            response, error = await self._run(call, behavior, context)
+            response, error = await self._after(call, response, error)
+            bound = log.bind(
+                request_id=request_id,
+                operation=operation,
+                principal=caller.principal_arn if caller else None,
+                duration_ms=_ms_since(call.started),
+            )
+            if error is not None:
+                bound.info("request failed", outcome=error.reason)
                 code, message, details = status_for(error)
-                bound.info(
-                    "request failed",
-                    principal=caller.principal_arn,
-                    outcome=error.reason,
-                    duration_ms=_ms_since(started),
-                )
+                if isinstance(error, NotAuthenticated):
+                    code = grpc.StatusCode.UNAUTHENTICATED
                 await context.abort(code, message, _trailers(request_id, details))
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                # Anything else is a bug: the caller learns only "Internal error", the
-                # log gets everything (never request payloads, which may be secret).
-                bound.exception("request crashed", principal=caller.principal_arn)
-                code, message, details = status_for(KMSInternalException())
-                await context.abort(code, message, _trailers(request_id, details))
-            finally:
-                CURRENT_CALLER.reset(token)
             context.set_trailing_metadata((("x-request-id", request_id),))
-            bound.info(
-                "request served",
-                principal=caller.principal_arn,
-                outcome="ok",
-                duration_ms=_ms_since(started),
-            )
+            bound.info("request served", outcome="ok")
             return response
 
         return wrapped
+
+    async def _run(
+        self, call: CallInfo, behavior: Behavior, context: Context
+    ) -> tuple[Any | None, KmsError | None]:
+        if call.caller is None:
+            return None, NotAuthenticated()
+        token = CURRENT_CALLER.set(call.caller)
+        try:
+            if isinstance(call.request, MalformedRequest):
+                raise ValidationException(
+                    f"The request is not a valid {call.operation} request: {call.request.problem}"
+                )
+            for hook in self._hooks:
+                await hook.before(call)
+            return await behavior(call.request, context), None
+        except KmsError as error:
+            return None, error
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # Anything else is a bug: the caller learns only "Internal error", the log
+            # gets everything (never request payloads, which may be secret).
+            log.exception("request crashed", request_id=call.request_id, operation=call.operation)
+            return None, KMSInternalException()
+        finally:
+            CURRENT_CALLER.reset(token)
+
+    async def _after(
+        self, call: CallInfo, response: Any | None, error: KmsError | None
+    ) -> tuple[Any | None, KmsError | None]:
+        for hook in self._hooks:
+            try:
+                await hook.after(call, response, error)
+            except KmsError as hook_error:
+                response, error = None, hook_error
+            except Exception:
+                log.exception("call hook crashed", request_id=call.request_id)
+                response, error = None, KMSInternalException()
+        return response, error
 
 
 class MalformedRequest:
