@@ -1,0 +1,1 @@
+"""Multi-region replication: the log, shipping and applying (sans-IO core + transports)."""
