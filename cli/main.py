@@ -20,6 +20,7 @@ _GROUPS: tuple[str, ...] = (
     "pki_cmd",
     "cluster_cmd",
     "kms_cmd",
+    "bench_cmd",
 )
 
 

@@ -1,0 +1,1 @@
+"""`meridian bench`: side-by-side load benchmarks (ceiling, Meridian, a peer)."""
