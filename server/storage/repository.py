@@ -6,6 +6,7 @@ and compare exactly.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -73,11 +74,42 @@ def _alias_from_row(row: Any) -> Alias:
     )
 
 
+class KeyCache:
+    """Committed keys by id, so the hot path (Encrypt, Decrypt…) runs no SQL per request.
+
+    The store clears it on every commit (control-plane writes are rare, so clearing all is
+    cheaper than tracking which rows a transaction touched, and cannot miss one). A read
+    that raced a commit is not cached: the generation counter tells.
+    """
+
+    def __init__(self, entries_max: int = 100_000) -> None:
+        self._entries: dict[str, Key] = {}
+        self._entries_max = entries_max
+        self.generation = 0
+
+    def get(self, key_id: str) -> Key | None:
+        key = self._entries.get(key_id)
+        # Callers mutate the keys they get (then write them), so hand out copies.
+        return None if key is None else copy.copy(key)
+
+    def put(self, key: Key, generation: int) -> None:
+        if generation != self.generation:
+            return
+        if len(self._entries) >= self._entries_max:
+            self._entries.clear()
+        self._entries[key.key_id] = copy.copy(key)
+
+    def invalidate(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
 class SqliteRepository:
     """Reads (and, through :class:`SqliteWriter`, writes) over one connection."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, connection: aiosqlite.Connection, key_cache: KeyCache | None = None) -> None:
         self._db = connection
+        self._key_cache = key_cache
 
     async def _one(self, sql: str, parameters: Sequence[Any]) -> Any:
         async with self._db.execute(sql, parameters) as cursor:
@@ -88,8 +120,17 @@ class SqliteRepository:
             return list(await cursor.fetchall())
 
     async def get_key(self, key_id: str) -> Key | None:
+        cache = self._key_cache
+        if cache is not None and (cached := cache.get(key_id)) is not None:
+            return cached
+        generation = cache.generation if cache is not None else 0
         row = await self._one(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))
-        return None if row is None else _key_from_row(row)
+        if row is None:
+            return None
+        key = _key_from_row(row)
+        if cache is not None:
+            cache.put(key, generation)
+        return key
 
     async def list_keys(self, *, after_key_id: str | None, limit: int) -> list[Key]:
         rows = await self._all(

@@ -1,5 +1,10 @@
 """The node's SQLite store: two connections, one serialised durable writer.
 
+Keys read on the hot path come from a cache of committed rows that every commit
+clears (``KeyCache``), so Encrypt/Decrypt run no SQL. This assumes this process is the
+only writer of its database while it runs: a tool that edits the file offline must do so
+with the node stopped.
+
 Why two connections: reads must never see another request's uncommitted writes,
 and SQLite in WAL mode gives a reader connection exactly the committed state while
 the writer works. Writes are serialised by an asyncio lock (control-plane traffic
@@ -10,6 +15,7 @@ is small) and each logical change is one ``BEGIN IMMEDIATE … COMMIT`` with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +23,7 @@ from pathlib import Path
 import aiosqlite
 
 from meridian.server.storage.migrations import apply_migrations
-from meridian.server.storage.repository import SqliteRepository, SqliteWriter
+from meridian.server.storage.repository import KeyCache, SqliteRepository, SqliteWriter
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -30,7 +36,8 @@ class SqliteStore:
         self._writer_connection = writer
         self._reader_connection = reader
         self._writer = SqliteWriter(writer)
-        self._reader = SqliteRepository(reader)
+        self._key_cache = KeyCache()
+        self._reader = SqliteRepository(reader, self._key_cache)
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -60,7 +67,17 @@ class SqliteStore:
             except BaseException:
                 await self._writer_connection.execute("ROLLBACK")
                 raise
-            await self._writer_connection.execute("COMMIT")
+            try:
+                await self._writer_connection.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (I/O error, disk full) must not leave the transaction
+                # open for the next writer; SQLite may already have rolled it back.
+                with contextlib.suppress(Exception):
+                    await self._writer_connection.execute("ROLLBACK")
+                raise
+            finally:
+                # Only now: until the commit, readers must keep seeing the old rows.
+                self._key_cache.invalidate()
 
     async def close(self) -> None:
         await self._reader_connection.close()
