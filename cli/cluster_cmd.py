@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meridian.cli import cluster
+from meridian.cli import cluster, cluster_inspect, cluster_link_cmd
 
 _EXIT_INTERRUPTED = 130
 
@@ -48,9 +48,27 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help="how long to wait for every node to be SERVING",
     )
+    up.add_argument(
+        "--network",
+        metavar="KIND|FILE",
+        help=(
+            "how clients and regions are linked: 'geography' (a new cluster's default: "
+            "a proxy per link with realistic delays), 'flat' (proxies without delay), "
+            "'direct' (no proxies) or a network file (TOML); a restart keeps the old one"
+        ),
+    )
+    up.add_argument(
+        "--hsm-region",
+        action="append",
+        default=[],
+        metavar="REGION",
+        help="keep this region's root key in a SoftHSM2 token (repeatable; docs/hsm.md)",
+    )
     up.set_defaults(func=_up)
 
-    status = commands.add_parser("status", help="show each region's process and health")
+    status = commands.add_parser(
+        "status", help="each region's process, health, keys and replication lag; the links"
+    )
     _add_dir(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
@@ -75,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="how long to wait for the node to be SERVING",
     )
     start.set_defaults(func=_start)
+
+    cluster_link_cmd.register(commands)
 
 
 def _add_dir(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +134,9 @@ def _up(args: argparse.Namespace) -> int:
             args.dir,
             args.regions,
             base_address=args.base_address,
+            network=args.network,
             ready_timeout_s=args.timeout,
+            hsm_regions=args.hsm_region,
             report=_progress,
         )
         _print_table(cluster.status(spec.directory))
@@ -125,23 +147,12 @@ def _up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     def action() -> None:
-        statuses = cluster.status(args.dir)
+        # Health, keys, replication lag and the network: cli/cluster_inspect.py.
+        report = cluster_inspect.inspect(args.dir)
         if args.json:
-            document = {
-                "regions": {
-                    item.region: {
-                        "pid": item.pid,
-                        "alive": item.alive,
-                        "health": item.health,
-                        "endpoint": item.endpoint,
-                        "note": item.note,
-                    }
-                    for item in statuses
-                }
-            }
-            print(json.dumps(document, indent=2))
+            print(json.dumps(cluster_inspect.to_json(report), indent=2))
         else:
-            _print_table(statuses)
+            print("\n".join(cluster_inspect.render(report)))
 
     return _run("status", action)
 

@@ -24,16 +24,18 @@ import binascii
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from meridian.cli import access_cmd
 from meridian.client import (
     ClientClosedError,
     ClientConfigError,
     ClusterFileError,
+    ContextEntry,
     KmsClient,
     KmsError,
     ProtocolError,
@@ -132,11 +134,79 @@ def _strings(text: str) -> list[str]:
     return document
 
 
+def _timestamp(text: str) -> datetime:
+    """AWS CLI timestamps: ISO 8601 (UTC when no offset is given) or epoch seconds."""
+    try:
+        moment = (
+            datetime.fromtimestamp(float(text), tz=UTC)
+            if text.replace(".", "", 1).isdigit()
+            else datetime.fromisoformat(text.replace("Z", "+00:00"))
+        )
+    except (ValueError, OverflowError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 timestamp or epoch seconds, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"invalid JSON: {error}") from None
+
+
+def _text_param(text: str) -> str:
+    """AWS CLI text parameters: ``file://PATH`` for a file's text, else the text itself."""
+    if not text.startswith("file://"):
+        return text
+    path = text.removeprefix("file://")
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise argparse.ArgumentTypeError(f"Unable to load paramfile {text}: {reason}") from None
+
+
+def _constraints(text: str) -> dict[str, dict[str, str]]:
+    """Grant constraints as AWS's JSON: ``{"EncryptionContextSubset": {"k": "v"}}``."""
+    document = _json(_text_param(text))
+    allowed = {"EncryptionContextSubset", "EncryptionContextEquals"}
+    if not isinstance(document, dict) or not set(document) <= allowed:
+        raise argparse.ArgumentTypeError(
+            "expected a JSON object with EncryptionContextSubset or EncryptionContextEquals"
+        )
+    for value in document.values():
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise argparse.ArgumentTypeError("each constraint must be a JSON object of strings")
+    return document
+
+
+def _context_entries(text: str) -> list[ContextEntry]:
+    """IAM's context entries: a JSON list of {ContextKeyName, ContextKeyValues,
+    ContextKeyType}, or one ``ContextKeyName=k,ContextKeyValues=v,ContextKeyType=t``."""
+    document = _json(_text_param(text)) if text.lstrip().startswith(("[", "file://")) else None
+    items = document if document is not None else [_string_map(text)]
+    if not isinstance(items, list):
+        raise argparse.ArgumentTypeError("expected a JSON list of context entries")
+    entries: list[ContextEntry] = []
+    for item in items:
+        name = item.get("ContextKeyName") if isinstance(item, dict) else None
+        values = item.get("ContextKeyValues", []) if isinstance(item, dict) else None
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(name, str) or not isinstance(values, list) or not values:
+            raise argparse.ArgumentTypeError(
+                "each context entry needs ContextKeyName and ContextKeyValues"
+            )
+        kind = item.get("ContextKeyType", "string")
+        entries.append(
+            ContextEntry(
+                context_key_name=name,
+                context_key_values=tuple(str(value) for value in values),
+                context_key_type=str(kind),
+            )
+        )
+    return entries
 
 
 # ---- the command table ------------------------------------------------------------------
@@ -184,6 +254,26 @@ _BLOB = Flag("--ciphertext-blob", "base64 or fileb://PATH", required=True, parse
 _ALGORITHM = Flag("--encryption-algorithm", "default SYMMETRIC_DEFAULT")
 _ALIAS = Flag("--alias-name", "alias/NAME", required=True)
 _TARGET = Flag("--target-key-id", "key id or key ARN", required=True)
+_SIGN_FLAGS = (
+    _KEY_ID,
+    Flag("--message", "base64 or fileb://PATH (at most 4096 bytes)", required=True, parse=_blob),
+    Flag("--message-type", "RAW (default), DIGEST or EXTERNAL_MU"),
+    Flag("--signing-algorithm", "e.g. ECDSA_SHA_256", required=True),
+    _GRANT_TOKENS,
+)
+_MAC_FLAGS = (
+    _KEY_ID,
+    Flag("--message", "base64 or fileb://PATH (at most 4096 bytes)", required=True, parse=_blob),
+    Flag("--mac-algorithm", "e.g. HMAC_SHA_256", required=True),
+    _GRANT_TOKENS,
+)
+_ENCAPSULATION_ALGORITHM = Flag("--encapsulation-algorithm", "ML_KEM", required=True)
+_DATA_KEY_PAIR_FLAGS = (
+    _KEY_ID,
+    Flag("--key-pair-spec", "e.g. ECC_NIST_P256, RSA_2048, ML_KEM_768", required=True),
+    _CONTEXT,
+    _GRANT_TOKENS,
+)
 _DATA_KEY_FLAGS = (
     _KEY_ID,
     _CONTEXT,
@@ -197,7 +287,7 @@ COMMANDS: tuple[Command, ...] = (
         "create-key",
         "create a key",
         (
-            Flag("--policy", "key policy (JSON)"),
+            Flag("--policy", "key policy (JSON text or file://PATH)", parse=_text_param),
             Flag("--description", "description"),
             Flag("--key-usage", "e.g. ENCRYPT_DECRYPT"),
             Flag("--key-spec", "e.g. SYMMETRIC_DEFAULT"),
@@ -278,6 +368,250 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "list-resource-tags", "list a key's tags", (_KEY_ID, _LIMIT, _MARKER), list_field="tags"
     ),
+    # ---- access control (docs/access-control.md) ----
+    Command(
+        "put-key-policy",
+        "replace a key's policy",
+        (
+            _KEY_ID,
+            Flag("--policy", "key policy: JSON or file://PATH", required=True, parse=_text_param),
+            Flag("--policy-name", "default (the only key policy)"),
+            Flag("--bypass-policy-lockout-safety-check", "skip the lockout check", switch=True),
+        ),
+    ),
+    Command("get-key-policy", "show a key's policy", (_KEY_ID, Flag("--policy-name", "default"))),
+    Command(
+        "list-key-policies",
+        "list a key's policy names",
+        (_KEY_ID, _LIMIT, _MARKER),
+        list_field="policy_names",
+    ),
+    Command(
+        "create-grant",
+        "allow a principal some operations on a key",
+        (
+            _KEY_ID,
+            Flag("--grantee-principal", "principal ARN", required=True),
+            Flag("--retiring-principal", "principal ARN that may retire the grant"),
+            Flag("--operations", "grant operations", required=True, parse=_strings, many=True),
+            Flag("--constraints", "JSON: EncryptionContextSubset/Equals", parse=_constraints),
+            _GRANT_TOKENS,
+            Flag("--name", "a name; the same name and terms return the same grant"),
+        ),
+    ),
+    Command(
+        "list-grants",
+        "list a key's grants",
+        (
+            _KEY_ID,
+            _LIMIT,
+            _MARKER,
+            Flag("--grant-id", "only this grant"),
+            Flag("--grantee-principal", "only grants to this principal"),
+        ),
+        list_field="grants",
+    ),
+    Command(
+        "list-retirable-grants",
+        "list the grants a principal may retire",
+        (Flag("--retiring-principal", "principal ARN", required=True), _LIMIT, _MARKER),
+        list_field="grants",
+    ),
+    Command(
+        "retire-grant",
+        "retire a grant (as its retiring principal or grantee)",
+        (
+            Flag("--grant-token", "the grant's token"),
+            _KEY_ID_OPTIONAL,
+            Flag("--grant-id", "the grant's id (with --key-id)"),
+        ),
+    ),
+    Command(
+        "revoke-grant",
+        "revoke a grant",
+        (_KEY_ID, Flag("--grant-id", "the grant's id", required=True)),
+    ),
+    Command(
+        "put-user-policy",
+        "attach an identity policy to a principal (in this region)",
+        (
+            Flag("--user-name", "principal name (its certificate's)", required=True),
+            Flag("--policy-name", "policy name", required=True),
+            Flag("--policy-document", "JSON text or file://PATH", required=True, parse=_text_param),
+        ),
+    ),
+    Command(
+        "get-user-policy",
+        "show an identity policy",
+        (
+            Flag("--user-name", "principal name", required=True),
+            Flag("--policy-name", "policy name", required=True),
+        ),
+    ),
+    Command(
+        "list-user-policies",
+        "list a principal's identity policies",
+        (
+            Flag("--user-name", "principal name", required=True),
+            _MARKER,
+            Flag("--max-items", "page size", parse=int),
+        ),
+    ),
+    Command(
+        "delete-user-policy",
+        "delete an identity policy",
+        (
+            Flag("--user-name", "principal name", required=True),
+            Flag("--policy-name", "policy name", required=True),
+        ),
+    ),
+    Command(
+        "simulate-principal-policy",
+        "evaluate a principal's access without calling the operations",
+        (
+            Flag("--policy-source-arn", "principal ARN", required=True),
+            Flag("--action-names", "e.g. kms:Decrypt", required=True, parse=_strings, many=True),
+            Flag("--resource-arns", "keys (id, ARN, alias) or *", parse=_strings, many=True),
+            Flag(
+                "--context-entries",
+                "ContextKeyName=k,ContextKeyValues=v or a JSON list",
+                parse=_context_entries,
+                many=True,
+            ),
+        ),
+    ),
+    # ---- asymmetric, HMAC and post-quantum keys (docs/key-types.md) ----
+    Command("sign", "sign a message or digest", _SIGN_FLAGS),
+    Command(
+        "verify",
+        "verify a signature (fails with KMSInvalidSignatureException)",
+        (*_SIGN_FLAGS, Flag("--signature", "base64 or fileb://PATH", required=True, parse=_blob)),
+    ),
+    Command("get-public-key", "the DER public key of an asymmetric key", (_KEY_ID, _GRANT_TOKENS)),
+    Command("generate-mac", "HMAC a message", _MAC_FLAGS),
+    Command(
+        "verify-mac",
+        "verify an HMAC (fails with KMSInvalidMacException)",
+        (*_MAC_FLAGS, Flag("--mac", "base64 or fileb://PATH", required=True, parse=_blob)),
+    ),
+    Command(
+        "derive-shared-secret",
+        "ECDH with a KEY_AGREEMENT key and a peer's public key",
+        (
+            _KEY_ID,
+            Flag("--key-agreement-algorithm", "ECDH", required=True),
+            Flag(
+                "--public-key",
+                "peer's DER public key: base64 or fileb://PATH",
+                required=True,
+                parse=_blob,
+            ),
+            _GRANT_TOKENS,
+        ),
+    ),
+    Command(
+        "encapsulate",
+        "a new ML-KEM shared secret and its ciphertext",
+        (_KEY_ID, _ENCAPSULATION_ALGORITHM, _GRANT_TOKENS),
+    ),
+    Command(
+        "decapsulate",
+        "recover an ML-KEM shared secret",
+        (
+            _KEY_ID,
+            Flag(
+                "--shared-secret-ciphertext-blob",
+                "base64 or fileb://PATH",
+                required=True,
+                parse=_blob,
+            ),
+            _ENCAPSULATION_ALGORITHM,
+            _GRANT_TOKENS,
+        ),
+    ),
+    Command("generate-data-key-pair", "make a data key pair", _DATA_KEY_PAIR_FLAGS),
+    Command(
+        "generate-data-key-pair-without-plaintext",
+        "make a data key pair; the private key sealed only",
+        _DATA_KEY_PAIR_FLAGS,
+    ),
+    # ---- rotation ----
+    Command(
+        "enable-key-rotation",
+        "rotate automatically",
+        (_KEY_ID, Flag("--rotation-period-in-days", "90..2560, default 365", parse=int)),
+    ),
+    Command("disable-key-rotation", "stop rotating automatically", (_KEY_ID,)),
+    Command("get-key-rotation-status", "rotation settings of a key", (_KEY_ID,)),
+    Command("rotate-key-on-demand", "rotate now (at most 25 times per key)", (_KEY_ID,)),
+    Command(
+        "list-key-rotations",
+        "a key's rotations (or all its key material)",
+        (
+            _KEY_ID,
+            Flag("--include-key-material", "ALL_KEY_MATERIAL or ROTATIONS_ONLY (default)"),
+            _LIMIT,
+            _MARKER,
+        ),
+        list_field="rotations",
+    ),
+    # ---- imported key material ----
+    Command(
+        "get-parameters-for-import",
+        "a wrapping public key and import token",
+        (
+            _KEY_ID,
+            Flag("--wrapping-algorithm", "e.g. RSA_AES_KEY_WRAP_SHA_256", required=True),
+            Flag("--wrapping-key-spec", "RSA_2048, RSA_3072 or RSA_4096", required=True),
+        ),
+    ),
+    Command(
+        "import-key-material",
+        "import wrapped key material",
+        (
+            _KEY_ID,
+            Flag("--import-token", "base64 or fileb://PATH", required=True, parse=_blob),
+            Flag("--encrypted-key-material", "base64 or fileb://PATH", required=True, parse=_blob),
+            Flag("--valid-to", "ISO 8601 or epoch seconds", parse=_timestamp),
+            Flag("--expiration-model", "KEY_MATERIAL_EXPIRES (default) or ..._DOES_NOT_EXPIRE"),
+            Flag("--import-type", "NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL"),
+            Flag("--key-material-description", "description of the material"),
+            Flag("--key-material-id", "64 hex digits (re-imports)"),
+        ),
+    ),
+    Command(
+        "delete-imported-key-material",
+        "delete imported key material",
+        (_KEY_ID, Flag("--key-material-id", "default: the current material")),
+    ),
+    Command("get-key-last-usage", "the key's last successful cryptographic use", (_KEY_ID,)),
+    # Multi-Region keys (replication/DESIGN.md).
+    Command(
+        "replicate-key",
+        "replicate a multi-Region primary key into another region",
+        (
+            replace(_KEY_ID, help="the primary key's id or ARN"),
+            Flag("--replica-region", "the region of the new replica", required=True),
+            Flag("--policy", "the replica's key policy (JSON)"),
+            Flag("--bypass-policy-lockout-safety-check", "skip the check", switch=True),
+            Flag("--description", "the replica's description"),
+            Flag("--tags", "TagKey=k,TagValue=v ... or a JSON list", parse=_tags, many=True),
+        ),
+    ),
+    Command(
+        "update-primary-region",
+        "make the replica in another region the primary key",
+        (
+            replace(_KEY_ID, help="the current primary key's id or ARN"),
+            Flag("--primary-region", "the region whose replica becomes primary", required=True),
+            Flag(
+                "--force",
+                "Meridian: promote the replica in --primary-region while the primary's "
+                "region is lost (sent to --primary-region; see replication/DESIGN.md)",
+                switch=True,
+            ),
+        ),
+    ),
 )
 
 
@@ -315,6 +649,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         # Accepted after the operation too; SUPPRESS keeps a value given before it.
         _add_global_options(sub, suppress=True)
         sub.set_defaults(func=handle, kms_command=command)
+    # `simulate-policy`: simulation of one principal on one key in every region that
+    # holds it (cli/access_cmd.py).
+    access_cmd.register(
+        operations, add_global_options=_add_global_options, handle=handle, parse_map=_string_map
+    )
 
 
 def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
@@ -385,6 +724,10 @@ def handle(
     """Run the parsed operation; print its output; return the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    special = getattr(args, "kms_handler", None)
+    if special is not None:
+        code: int = special(args, client_factory=client_factory, stdout=out, stderr=err)
+        return code
     command: Command = args.kms_command
     arguments = sdk_arguments(args)
     try:
@@ -477,6 +820,9 @@ def _aws_value(value: object, *, top_level: bool = False) -> Any:
         return value.isoformat()
     if isinstance(value, tuple | list):
         return [_aws_value(item) for item in value]
+    if isinstance(value, Mapping):
+        # Maps (encryption contexts) keep their own keys; only values are converted.
+        return {key: _aws_value(item) for key, item in value.items()}
     return value
 
 

@@ -20,7 +20,14 @@ _GROUPS: tuple[str, ...] = (
     "pki_cmd",
     "cluster_cmd",
     "kms_cmd",
+    "envelope_cmd",
     "bench_cmd",
+    "hsm_cmd",
+    "access_key_cmd",
+    "audit_cmd",
+    "usage_cmd",
+    "drill_cmd",
+    "replication_cmd",
 )
 
 

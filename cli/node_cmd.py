@@ -8,13 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from meridian.cli import rewrap_cmd
 from meridian.server.config import ConfigError, load_config
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("node", help="run one regional node")
-    parser.add_argument("--config", required=True, type=Path, help="the node's TOML config")
+    # Required to run a node; `meridian node rewrap-root` takes its own --config.
+    parser.add_argument("--config", type=Path, help="the node's TOML config")
     parser.set_defaults(func=_run)
+    actions = parser.add_subparsers(dest="node_action", metavar="ACTION")
+    rewrap_cmd.register(actions)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,6 +26,9 @@ def _run(args: argparse.Namespace) -> int:
     from meridian.server.logging import configure_logging
     from meridian.server.node import NodeStartError, serve
 
+    if args.config is None:
+        print("meridian node: --config FILE is required", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
     except ConfigError as error:

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from meridian.client import results
+from meridian.client import access_results, key_type_results, replication_results, results
 from meridian.client.errors import (
     ClientClosedError,
     ClientConfigError,
@@ -28,7 +28,11 @@ from meridian.client.errors import (
     UnknownRegionError,
     error_class_for,
 )
+from meridian.client.options import RoutingOptions
+from meridian.client.regions import ClientStats, RegionBook
 from meridian.client.results import Tag
+from meridian.client.retry import CallPlan
+from meridian.client.routing import Placement, ReplicaDirectory, route
 from meridian.proto.kms.v1 import kms_pb2
 
 RequestT = TypeVar("RequestT", bound=Message)
@@ -37,10 +41,17 @@ ResultT = TypeVar("ResultT")
 
 # What a caller may pass as tags: AWS's list of Tag shapes, or a plain mapping.
 TagsArgument = Sequence[Tag] | Mapping[str, str]
+# Grant constraints: a GrantConstraints, or AWS's shape {"EncryptionContextEquals": {...}}.
+GrantConstraintsArgument = access_results.GrantConstraints | Mapping[str, Mapping[str, str]]
+# Simulation context: ContextEntry values, or a mapping of condition key -> value(s).
+ContextEntriesArgument = Sequence[access_results.ContextEntry] | Mapping[str, str | Sequence[str]]
 
 ERROR_DOMAIN = "meridian.kms"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"
+
+RECONNECT_BACKOFF_INITIAL_MS = 250
+RECONNECT_BACKOFF_MAX_MS = 2000
 
 _ARN = re.compile(
     r"^arn:meridian:kms:(?P<region>[a-z0-9-]+):(?P<account>[0-9]{12}):(?:key|alias)/.+$"
@@ -61,13 +72,14 @@ def arn_region(key_id: str) -> str | None:
 
 
 class Router:
-    """Decides which region serves a call: the one place routing lives.
+    """The client's region configuration: every region, the pinned one, home.
 
-    Today's rules (DESIGN.md §6): a pinned region takes every call, as an AWS
-    client is bound to its region; otherwise an ARN sends the call to the region
-    it names, and everything else goes to the home region (preferred_region, else
-    the first endpoint). Nearest-region choice, health and circuit breakers will
-    replace ``home_region`` for repeatable operations without touching callers.
+    ``region_for`` gives a call's one definite region (a pinned region takes every
+    call, as an AWS client is bound to its region; otherwise an ARN sends the call
+    to the region it names, and everything else goes to the home region:
+    preferred_region, else the first endpoint). Calls that may go to several
+    regions, and the order among them, are ``routing.route``'s and
+    ``RegionBook``'s (client/DESIGN.md).
     """
 
     def __init__(
@@ -114,8 +126,20 @@ class Operation(Generic[RequestT, ResponseT, ResultT]):
 
     ``route_by`` names the request fields whose ARN picks the region, most
     decisive first. ``repeatable`` says whether sending the call again after an
-    unknown outcome (a timeout, a dead region) leaves the same state and answer:
-    the rule the failover work will read (STYLE.md item 14).
+    unknown outcome (a timeout, a dead region) leaves the same state and answer.
+    Together with ``placement`` (which regions may serve it, ``routing.Placement``)
+    and ``hedge`` (an idempotent read worth a second attempt elsewhere when the first
+    is slow) this is the retry table (STYLE.md item 14; docs/sdk.md renders it):
+
+    - repeatable: retried on UNAVAILABLE/DEADLINE_EXCEEDED, in another region when
+      the placement allows one (failover);
+    - not repeatable (creating and deleting calls): carries an idempotency token the
+      server de-duplicates, and is retried only in the region of its first attempt.
+
+    New operations default to one definite region (``Placement.DEFINITE``): choose
+    REPLICA for cryptographic calls any replica of an MRK can serve, PRIMARY for
+    changes of an MRK's shared properties, ANY for calls whose answer does not depend
+    on the region.
     """
 
     name: str
@@ -123,13 +147,20 @@ class Operation(Generic[RequestT, ResponseT, ResultT]):
     to_result: Callable[[ResponseT, str], ResultT]
     route_by: tuple[str, ...] = ()
     repeatable: bool = True
+    placement: Placement = Placement.DEFINITE
+    hedge: bool = False
 
 
 CREATE_KEY = Operation(
     "CreateKey", kms_pb2.CreateKeyRequest, results.create_key_result, repeatable=False
 )
 DESCRIBE_KEY = Operation(
-    "DescribeKey", kms_pb2.DescribeKeyRequest, results.describe_key_result, ("key_id",)
+    "DescribeKey",
+    kms_pb2.DescribeKeyRequest,
+    results.describe_key_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+    hedge=True,
 )
 LIST_KEYS = Operation("ListKeys", kms_pb2.ListKeysRequest, results.list_keys_result)
 UPDATE_KEY_DESCRIPTION = Operation(
@@ -153,29 +184,50 @@ CANCEL_KEY_DELETION = Operation(
     ("key_id",),
     repeatable=False,
 )
-ENCRYPT = Operation("Encrypt", kms_pb2.EncryptRequest, results.encrypt_result, ("key_id",))
-DECRYPT = Operation("Decrypt", kms_pb2.DecryptRequest, results.decrypt_result, ("key_id",))
+# Any replica of a multi-region key can serve the cryptographic calls; a Decrypt
+# without key_id is routed by the key id in the blob's header.
+ENCRYPT = Operation(
+    "Encrypt",
+    kms_pb2.EncryptRequest,
+    results.encrypt_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+DECRYPT = Operation(
+    "Decrypt",
+    kms_pb2.DecryptRequest,
+    results.decrypt_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+    hedge=True,
+)
 # The new ciphertext belongs to the destination key, so its region decides.
 RE_ENCRYPT = Operation(
     "ReEncrypt",
     kms_pb2.ReEncryptRequest,
     results.re_encrypt_result,
     ("destination_key_id", "source_key_id"),
+    placement=Placement.REPLICA,
 )
 GENERATE_DATA_KEY = Operation(
     "GenerateDataKey",
     kms_pb2.GenerateDataKeyRequest,
     results.generate_data_key_result,
     ("key_id",),
+    placement=Placement.REPLICA,
 )
 GENERATE_DATA_KEY_WITHOUT_PLAINTEXT = Operation(
     "GenerateDataKeyWithoutPlaintext",
     kms_pb2.GenerateDataKeyWithoutPlaintextRequest,
     results.generate_data_key_without_plaintext_result,
     ("key_id",),
+    placement=Placement.REPLICA,
 )
 GENERATE_RANDOM = Operation(
-    "GenerateRandom", kms_pb2.GenerateRandomRequest, results.generate_random_result
+    "GenerateRandom",
+    kms_pb2.GenerateRandomRequest,
+    results.generate_random_result,
+    placement=Placement.ANY,
 )
 # A repeated create or delete fails (AlreadyExists, NotFound) although the first worked.
 CREATE_ALIAS = Operation(
@@ -210,6 +262,215 @@ LIST_RESOURCE_TAGS = Operation(
     results.list_resource_tags_result,
     ("key_id",),
 )
+# Access control. Key policies, grants and identity policies are each region's own
+# (DESIGN.md §4), so these act in one definite region. Putting a policy again leaves
+# the same state; a repeated revoke, retire or delete fails although the first worked,
+# and CreateGrant without a Name makes a second grant.
+PUT_KEY_POLICY = Operation(
+    "PutKeyPolicy", kms_pb2.PutKeyPolicyRequest, results.empty_result, ("key_id",)
+)
+GET_KEY_POLICY = Operation(
+    "GetKeyPolicy",
+    kms_pb2.GetKeyPolicyRequest,
+    access_results.get_key_policy_result,
+    ("key_id",),
+)
+LIST_KEY_POLICIES = Operation(
+    "ListKeyPolicies",
+    kms_pb2.ListKeyPoliciesRequest,
+    access_results.list_key_policies_result,
+    ("key_id",),
+)
+CREATE_GRANT = Operation(
+    "CreateGrant",
+    kms_pb2.CreateGrantRequest,
+    access_results.create_grant_result,
+    ("key_id",),
+    repeatable=False,
+)
+LIST_GRANTS = Operation(
+    "ListGrants", kms_pb2.ListGrantsRequest, access_results.list_grants_result, ("key_id",)
+)
+LIST_RETIRABLE_GRANTS = Operation(
+    "ListRetirableGrants", kms_pb2.ListRetirableGrantsRequest, access_results.list_grants_result
+)
+RETIRE_GRANT = Operation(
+    "RetireGrant", kms_pb2.RetireGrantRequest, results.empty_result, ("key_id",), repeatable=False
+)
+REVOKE_GRANT = Operation(
+    "RevokeGrant", kms_pb2.RevokeGrantRequest, results.empty_result, ("key_id",), repeatable=False
+)
+PUT_USER_POLICY = Operation("PutUserPolicy", kms_pb2.PutUserPolicyRequest, results.empty_result)
+GET_USER_POLICY = Operation(
+    "GetUserPolicy", kms_pb2.GetUserPolicyRequest, access_results.get_user_policy_result
+)
+LIST_USER_POLICIES = Operation(
+    "ListUserPolicies", kms_pb2.ListUserPoliciesRequest, access_results.list_user_policies_result
+)
+DELETE_USER_POLICY = Operation(
+    "DeleteUserPolicy", kms_pb2.DeleteUserPolicyRequest, results.empty_result, repeatable=False
+)
+SIMULATE_PRINCIPAL_POLICY = Operation(
+    "SimulatePrincipalPolicy",
+    kms_pb2.SimulatePrincipalPolicyRequest,
+    access_results.simulate_principal_policy_result,
+)
+
+# Asymmetric, HMAC and post-quantum keys (docs/key-types.md). Any replica of an MRK can
+# serve these; none changes state, so all may be sent again.
+SIGN = Operation(
+    "Sign",
+    kms_pb2.SignRequest,
+    key_type_results.sign_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+VERIFY = Operation(
+    "Verify",
+    kms_pb2.VerifyRequest,
+    key_type_results.verify_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+    hedge=True,
+)
+GET_PUBLIC_KEY = Operation(
+    "GetPublicKey",
+    kms_pb2.GetPublicKeyRequest,
+    key_type_results.get_public_key_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+    hedge=True,
+)
+GENERATE_MAC = Operation(
+    "GenerateMac",
+    kms_pb2.GenerateMacRequest,
+    key_type_results.generate_mac_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+VERIFY_MAC = Operation(
+    "VerifyMac",
+    kms_pb2.VerifyMacRequest,
+    key_type_results.verify_mac_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+DERIVE_SHARED_SECRET = Operation(
+    "DeriveSharedSecret",
+    kms_pb2.DeriveSharedSecretRequest,
+    key_type_results.derive_shared_secret_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+ENCAPSULATE = Operation(
+    "Encapsulate",
+    kms_pb2.EncapsulateRequest,
+    key_type_results.encapsulate_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+DECAPSULATE = Operation(
+    "Decapsulate",
+    kms_pb2.DecapsulateRequest,
+    key_type_results.decapsulate_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+GENERATE_DATA_KEY_PAIR = Operation(
+    "GenerateDataKeyPair",
+    kms_pb2.GenerateDataKeyPairRequest,
+    key_type_results.generate_data_key_pair_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+GENERATE_DATA_KEY_PAIR_WITHOUT_PLAINTEXT = Operation(
+    "GenerateDataKeyPairWithoutPlaintext",
+    kms_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+    key_type_results.generate_data_key_pair_without_plaintext_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+# Rotation settings are shared properties of an MRK: set at its primary. Enabling or
+# disabling again leaves the same state; each RotateKeyOnDemand makes a version (and
+# counts against the 25), so it is not sent again blindly.
+ENABLE_KEY_ROTATION = Operation(
+    "EnableKeyRotation",
+    kms_pb2.EnableKeyRotationRequest,
+    results.empty_result,
+    ("key_id",),
+    placement=Placement.PRIMARY,
+)
+DISABLE_KEY_ROTATION = Operation(
+    "DisableKeyRotation",
+    kms_pb2.DisableKeyRotationRequest,
+    results.empty_result,
+    ("key_id",),
+    placement=Placement.PRIMARY,
+)
+GET_KEY_ROTATION_STATUS = Operation(
+    "GetKeyRotationStatus",
+    kms_pb2.GetKeyRotationStatusRequest,
+    key_type_results.get_key_rotation_status_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+ROTATE_KEY_ON_DEMAND = Operation(
+    "RotateKeyOnDemand",
+    kms_pb2.RotateKeyOnDemandRequest,
+    key_type_results.rotate_key_on_demand_result,
+    ("key_id",),
+    repeatable=False,
+    placement=Placement.PRIMARY,
+)
+LIST_KEY_ROTATIONS = Operation(
+    "ListKeyRotations",
+    kms_pb2.ListKeyRotationsRequest,
+    key_type_results.list_key_rotations_result,
+    ("key_id",),
+    placement=Placement.REPLICA,
+)
+# Imported material is each region's own import (AWS imports into every replica): one
+# definite region. A new import token each time is harmless; importing or deleting
+# again is not the same call.
+GET_PARAMETERS_FOR_IMPORT = Operation(
+    "GetParametersForImport",
+    kms_pb2.GetParametersForImportRequest,
+    key_type_results.get_parameters_for_import_result,
+    ("key_id",),
+)
+IMPORT_KEY_MATERIAL = Operation(
+    "ImportKeyMaterial",
+    kms_pb2.ImportKeyMaterialRequest,
+    key_type_results.import_key_material_result,
+    ("key_id",),
+    repeatable=False,
+)
+DELETE_IMPORTED_KEY_MATERIAL = Operation(
+    "DeleteImportedKeyMaterial",
+    kms_pb2.DeleteImportedKeyMaterialRequest,
+    key_type_results.delete_imported_key_material_result,
+    ("key_id",),
+    repeatable=False,
+)
+# Multi-Region keys: both change shared properties, so both go to the key's primary
+# region. A second ReplicateKey finds the replica (AlreadyExists) and a second
+# UpdatePrimaryRegion finds a replica key, so neither is sent again blindly.
+REPLICATE_KEY = Operation(
+    "ReplicateKey",
+    kms_pb2.ReplicateKeyRequest,
+    replication_results.replicate_key_result,
+    ("key_id",),
+    repeatable=False,
+    placement=Placement.PRIMARY,
+)
+UPDATE_PRIMARY_REGION = Operation(
+    "UpdatePrimaryRegion",
+    kms_pb2.UpdatePrimaryRegionRequest,
+    results.empty_result,
+    ("key_id",),
+    repeatable=False,
+    placement=Placement.PRIMARY,
+)
 
 
 # ---- requests ------------------------------------------------------------------------------
@@ -230,8 +491,17 @@ def build_request(request_type: type[RequestT], fields: Mapping[str, object]) ->
         # split into one-character tokens by protobuf without any complaint.
         if descriptor.fields_by_name[name].is_repeated and isinstance(value, str | bytes):
             raise TypeError(f"{name} takes a list, not a single {type(value).__name__}")
-        present[name] = _wire_tags(value) if name == "tags" else value
+        converter = _WIRE_CONVERTERS.get(name)
+        present[name] = converter(value) if converter is not None else value
     return request_type(**present)
+
+
+def _wire_constraints(constraints: object) -> kms_pb2.GrantConstraints:
+    return access_results.wire_constraints(constraints)  # type: ignore[arg-type]
+
+
+def _wire_context_entries(entries: object) -> list[kms_pb2.ContextEntry]:
+    return access_results.wire_context_entries(entries)  # type: ignore[arg-type]
 
 
 def _wire_tags(tags: object) -> list[kms_pb2.Tag]:
@@ -245,6 +515,15 @@ def _wire_tags(tags: object) -> list[kms_pb2.Tag]:
             wire.append(kms_pb2.Tag(tag_key=tag.tag_key, tag_value=tag.tag_value))
         return wire
     raise TypeError(f"tags must be a list of Tag or a mapping, not {type(tags).__name__}")
+
+
+# Arguments given as SDK values (Tag, GrantConstraints, ContextEntry, or plain mappings)
+# that become messages on the wire.
+_WIRE_CONVERTERS: dict[str, Callable[[object], object]] = {
+    "tags": _wire_tags,
+    "constraints": _wire_constraints,
+    "context_entries": _wire_context_entries,
+}
 
 
 # ---- errors from the wire ------------------------------------------------------------------
@@ -347,13 +626,6 @@ class LifecycleState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedCall(Generic[RequestT]):
-    region: str
-    request: RequestT
-    timeout_s: float
-
-
 class BaseKmsClient:
     """Configuration, lifecycle and per-call decisions shared by both twins."""
 
@@ -369,11 +641,20 @@ class BaseKmsClient:
         preferred_region: str | None,
         timeout_s: float,
         has_channel_factory: bool,
+        routing: RoutingOptions | None = None,
     ) -> None:
         self._endpoints = dict(endpoints)
         self._router = Router(
             tuple(self._endpoints), pinned_region=region, preferred_region=preferred_region
         )
+        self._routing = routing or RoutingOptions()
+        self._regions = RegionBook(
+            self._router.regions,
+            policy=self._routing.breaker,
+            preferred_region=preferred_region,
+            clock=self._routing.clock,
+        )
+        self._replicas = ReplicaDirectory(self._routing.clock)
         self._server_names = dict(server_names or {})
         unknown = sorted(set(self._server_names) - set(self._endpoints))
         if unknown:
@@ -422,20 +703,39 @@ class BaseKmsClient:
         self._state = LifecycleState.CLOSED
         return was_open
 
-    def _prepare(
+    def stats(self) -> ClientStats:
+        """Per-region round-trip time, health, breaker state and counters, now."""
+        return self._regions.snapshot()
+
+    def _plan(
         self,
         operation: Operation[RequestT, ResponseT, ResultT],
         fields: Mapping[str, object],
         timeout_s: float | None,
-    ) -> PreparedCall[RequestT]:
+    ) -> CallPlan[RequestT]:
+        """Everything about one call that can be decided before sending (no I/O)."""
         self._ensure_open()
-        key_ids = (
-            value for name in operation.route_by if isinstance(value := fields.get(name), str)
-        )
-        region = self._router.region_for(key_ids)
-        request = build_request(operation.request_type, fields)
         timeout = self._timeout_s if timeout_s is None else _checked_timeout(timeout_s)
-        return PreparedCall(region=region, request=request, timeout_s=timeout)
+        call_route = route(
+            operation.placement,
+            fields,
+            operation.route_by,
+            regions=self._router.regions,
+            home_region=self._router.home_region,
+            pinned_region=self._router.pinned_region,
+            directory=self._replicas,
+        )
+        return CallPlan(
+            operation=operation.name,
+            request=build_request(operation.request_type, fields),
+            route=call_route,
+            repeatable=operation.repeatable,
+            hedge=operation.hedge,
+            timeout_s=timeout,
+            options=self._routing,
+            book=self._regions,
+            directory=self._replicas,
+        )
 
     def _channel_target(self, region: str) -> str:
         return self._endpoints[region]
@@ -453,6 +753,17 @@ class BaseKmsClient:
             return []
         # Nodes' certificates name "<region>.node.meridian", not the address we dial.
         return [("grpc.ssl_target_name_override", server_name)]
+
+    def _secure_channel_options(self, region: str) -> list[tuple[str, str | int]]:
+        # gRPC's default reconnect backoff grows to two minutes, which would keep a
+        # region that came back looking dead long after its breaker let a trial through.
+        # (Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the connect timeout,
+        # and a far region needs more than a few hundred ms for TCP and TLS.)
+        return [
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+            *self._channel_options(region),
+        ]
 
 
 def _checked_timeout(timeout_s: float) -> float:

@@ -13,9 +13,34 @@ import grpc
 from grpc_status import rpc_status
 
 from meridian.client import _core
-from meridian.client._core import BaseKmsClient, Operation, Pager, RequestT, ResponseT, ResultT
+from meridian.client._core import (
+    BaseKmsClient,
+    ContextEntriesArgument,
+    GrantConstraintsArgument,
+    Operation,
+    Pager,
+    RequestT,
+    ResponseT,
+    ResultT,
+)
+from meridian.client._failover import run_sync
+from meridian.client._key_types_sync import KeyTypeMethods
+from meridian.client._replication_methods import ReplicationMethods
+from meridian.client._usage_methods import UsageMethods
+from meridian.client.access_results import (
+    CreateGrantResult,
+    GetKeyPolicyResult,
+    GetUserPolicyResult,
+    ListGrantsResult,
+    ListKeyPoliciesResult,
+    ListUserPoliciesResult,
+    SimulatePrincipalPolicyResult,
+)
 from meridian.client.cluster_file import load_cluster_file
 from meridian.client.errors import KmsError
+from meridian.client.health import SyncHealthChecker
+from meridian.client.options import RoutingOptions
+from meridian.client.regions import ClientStats
 from meridian.client.results import (
     AliasListEntry,
     CancelKeyDeletionResult,
@@ -40,7 +65,7 @@ ChannelFactory = Callable[[str, str], grpc.Channel]
 """``channel_factory(region, endpoint) -> grpc.Channel``; the client closes what it returns."""
 
 
-class KmsClient(BaseKmsClient):
+class KmsClient(BaseKmsClient, KeyTypeMethods, UsageMethods, ReplicationMethods):
     """A blocking Meridian KMS client over one gRPC channel per region.
 
     Use it as a context manager (or call close()); channels are opened on a
@@ -59,6 +84,7 @@ class KmsClient(BaseKmsClient):
         preferred_region: str | None = None,
         timeout_s: float = 10.0,
         channel_factory: ChannelFactory | None = None,
+        routing: RoutingOptions | None = None,
     ) -> None:
         super().__init__(
             endpoints,
@@ -70,11 +96,18 @@ class KmsClient(BaseKmsClient):
             preferred_region=preferred_region,
             timeout_s=timeout_s,
             has_channel_factory=channel_factory is not None,
+            routing=routing,
         )
         self._channel_factory = channel_factory or self._secure_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, kms_pb2_grpc.KeyManagementServiceStub] = {}
         self._lock = threading.Lock()
+        self._health = SyncHealthChecker(
+            regions=self.regions,
+            channel_for=self._channel,
+            book=self._regions,
+            options=self._routing,
+        )
 
     @classmethod
     def from_cluster_file(
@@ -85,6 +118,7 @@ class KmsClient(BaseKmsClient):
         preferred_region: str | None = None,
         timeout_s: float = 10.0,
         channel_factory: ChannelFactory | None = None,
+        routing: RoutingOptions | None = None,
     ) -> Self:
         """A client for the cluster described by ``cluster.json`` (``meridian cluster up``)."""
         cluster = load_cluster_file(path)
@@ -99,6 +133,7 @@ class KmsClient(BaseKmsClient):
             preferred_region=preferred_region,
             timeout_s=timeout_s,
             channel_factory=channel_factory,
+            routing=routing,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -125,12 +160,19 @@ class KmsClient(BaseKmsClient):
             self._stubs.clear()
         for channel in channels:
             channel.close()
+        self._health.stop()
+
+    def check_health(self) -> ClientStats:
+        """Measure every region's round-trip time and health now; returns ``stats()``."""
+        self._ensure_open()
+        self._health.check_all()
+        return self.stats()
 
     # ---- I/O -------------------------------------------------------------------------------
 
     def _secure_channel(self, region: str, endpoint: str) -> grpc.Channel:
         return grpc.secure_channel(
-            endpoint, self._channel_credentials(), options=self._channel_options(region)
+            endpoint, self._channel_credentials(), options=self._secure_channel_options(region)
         )
 
     def _stub(self, region: str) -> kms_pb2_grpc.KeyManagementServiceStub:
@@ -145,25 +187,29 @@ class KmsClient(BaseKmsClient):
                 stub = self._stubs[region] = kms_pb2_grpc.KeyManagementServiceStub(channel)
             return stub
 
+    def _channel(self, region: str) -> grpc.Channel:
+        self._stub(region)
+        with self._lock:
+            self._ensure_open()
+            return self._channels[region]
+
     def _invoke(
         self,
         operation: Operation[RequestT, ResponseT, ResultT],
         timeout_s: float | None,
         **fields: object,
     ) -> ResultT:
-        call = self._prepare(operation, fields, timeout_s)
-        method: grpc.UnaryUnaryMultiCallable[RequestT, ResponseT] = getattr(
-            self._stub(call.region), operation.name
-        )
+        plan = self._plan(operation, fields, timeout_s)
+        self._health.start()
         try:
-            response = method(call.request, timeout=call.timeout_s)
-        except grpc.RpcError as rpc_error:
-            raise _error(operation.name, call.region, rpc_error) from rpc_error
+            response, region = run_sync(
+                plan, lambda region: getattr(self._stub(region), operation.name), _error
+            )
         except ValueError:
             # grpc's "closed channel" error: close() in another thread won the race.
             self._ensure_open()
             raise
-        return operation.to_result(response, call.region)
+        return operation.to_result(response, region)
 
     # ---- key management --------------------------------------------------------------------
 
@@ -407,6 +453,229 @@ class KmsClient(BaseKmsClient):
     ) -> ListResourceTagsResult:
         return self._invoke(
             _core.LIST_RESOURCE_TAGS, timeout_s, key_id=key_id, limit=limit, marker=marker
+        )
+
+    # ---- access control --------------------------------------------------------------------
+
+    def put_key_policy(
+        self,
+        *,
+        key_id: str,
+        policy: str,
+        policy_name: str | None = None,
+        bypass_policy_lockout_safety_check: bool | None = None,
+        timeout_s: float | None = None,
+    ) -> EmptyResult:
+        """Replace the key's policy (its only one, ``default``)."""
+        return self._invoke(
+            _core.PUT_KEY_POLICY,
+            timeout_s,
+            key_id=key_id,
+            policy=policy,
+            policy_name=policy_name,
+            bypass_policy_lockout_safety_check=bypass_policy_lockout_safety_check,
+        )
+
+    def get_key_policy(
+        self,
+        *,
+        key_id: str,
+        policy_name: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GetKeyPolicyResult:
+        return self._invoke(
+            _core.GET_KEY_POLICY,
+            timeout_s,
+            key_id=key_id,
+            policy_name=policy_name,
+        )
+
+    def list_key_policies(
+        self,
+        *,
+        key_id: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ListKeyPoliciesResult:
+        return self._invoke(
+            _core.LIST_KEY_POLICIES,
+            timeout_s,
+            key_id=key_id,
+            limit=limit,
+            marker=marker,
+        )
+
+    def create_grant(
+        self,
+        *,
+        key_id: str,
+        grantee_principal: str,
+        operations: Sequence[str],
+        retiring_principal: str | None = None,
+        constraints: GrantConstraintsArgument | None = None,
+        grant_tokens: Sequence[str] | None = None,
+        name: str | None = None,
+        timeout_s: float | None = None,
+    ) -> CreateGrantResult:
+        """Allow ``grantee_principal`` the ``operations`` on a key; returns its id and token."""
+        return self._invoke(
+            _core.CREATE_GRANT,
+            timeout_s,
+            key_id=key_id,
+            grantee_principal=grantee_principal,
+            operations=operations,
+            retiring_principal=retiring_principal,
+            constraints=constraints,
+            grant_tokens=grant_tokens,
+            name=name,
+        )
+
+    def list_grants(
+        self,
+        *,
+        key_id: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        grant_id: str | None = None,
+        grantee_principal: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ListGrantsResult:
+        return self._invoke(
+            _core.LIST_GRANTS,
+            timeout_s,
+            key_id=key_id,
+            limit=limit,
+            marker=marker,
+            grant_id=grant_id,
+            grantee_principal=grantee_principal,
+        )
+
+    def list_retirable_grants(
+        self,
+        *,
+        retiring_principal: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ListGrantsResult:
+        return self._invoke(
+            _core.LIST_RETIRABLE_GRANTS,
+            timeout_s,
+            retiring_principal=retiring_principal,
+            limit=limit,
+            marker=marker,
+        )
+
+    def retire_grant(
+        self,
+        *,
+        grant_token: str | None = None,
+        key_id: str | None = None,
+        grant_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> EmptyResult:
+        """Retire a grant, named by ``grant_token`` or by ``key_id`` and ``grant_id``."""
+        return self._invoke(
+            _core.RETIRE_GRANT,
+            timeout_s,
+            grant_token=grant_token,
+            key_id=key_id,
+            grant_id=grant_id,
+        )
+
+    def revoke_grant(
+        self,
+        *,
+        key_id: str,
+        grant_id: str,
+        timeout_s: float | None = None,
+    ) -> EmptyResult:
+        return self._invoke(
+            _core.REVOKE_GRANT,
+            timeout_s,
+            key_id=key_id,
+            grant_id=grant_id,
+        )
+
+    def put_user_policy(
+        self,
+        *,
+        user_name: str,
+        policy_name: str,
+        policy_document: str,
+        timeout_s: float | None = None,
+    ) -> EmptyResult:
+        """Attach (or replace) an identity policy of a principal in this region."""
+        return self._invoke(
+            _core.PUT_USER_POLICY,
+            timeout_s,
+            user_name=user_name,
+            policy_name=policy_name,
+            policy_document=policy_document,
+        )
+
+    def get_user_policy(
+        self,
+        *,
+        user_name: str,
+        policy_name: str,
+        timeout_s: float | None = None,
+    ) -> GetUserPolicyResult:
+        return self._invoke(
+            _core.GET_USER_POLICY,
+            timeout_s,
+            user_name=user_name,
+            policy_name=policy_name,
+        )
+
+    def list_user_policies(
+        self,
+        *,
+        user_name: str,
+        marker: str | None = None,
+        max_items: int | None = None,
+        timeout_s: float | None = None,
+    ) -> ListUserPoliciesResult:
+        return self._invoke(
+            _core.LIST_USER_POLICIES,
+            timeout_s,
+            user_name=user_name,
+            marker=marker,
+            max_items=max_items,
+        )
+
+    def delete_user_policy(
+        self,
+        *,
+        user_name: str,
+        policy_name: str,
+        timeout_s: float | None = None,
+    ) -> EmptyResult:
+        return self._invoke(
+            _core.DELETE_USER_POLICY,
+            timeout_s,
+            user_name=user_name,
+            policy_name=policy_name,
+        )
+
+    def simulate_principal_policy(
+        self,
+        *,
+        policy_source_arn: str,
+        action_names: Sequence[str],
+        resource_arns: Sequence[str] | None = None,
+        context_entries: ContextEntriesArgument | None = None,
+        timeout_s: float | None = None,
+    ) -> SimulatePrincipalPolicyResult:
+        """Would the principal be allowed each action on each resource, and why?"""
+        return self._invoke(
+            _core.SIMULATE_PRINCIPAL_POLICY,
+            timeout_s,
+            policy_source_arn=policy_source_arn,
+            action_names=action_names,
+            resource_arns=resource_arns,
+            context_entries=context_entries,
         )
 
     # ---- paginators ------------------------------------------------------------------------

@@ -23,11 +23,15 @@ Errors the client raises itself, before anything reaches the wire, are not
     │   ├── InvalidArnException                INVALID_ARGUMENT
     │   ├── InvalidMarkerException             INVALID_ARGUMENT
     │   ├── InvalidGrantTokenException         INVALID_ARGUMENT
+    │   ├── InvalidGrantIdException            INVALID_ARGUMENT
     │   ├── TagException                       INVALID_ARGUMENT
     │   ├── MalformedPolicyDocumentException   INVALID_ARGUMENT
     │   ├── UnsupportedOperationException      INVALID_ARGUMENT
     │   ├── KMSInvalidSignatureException       INVALID_ARGUMENT
     │   ├── KMSInvalidMacException             INVALID_ARGUMENT
+    │   ├── InvalidImportTokenException        INVALID_ARGUMENT
+    │   ├── ExpiredImportTokenException        INVALID_ARGUMENT
+    │   ├── IncorrectKeyMaterialException      INVALID_ARGUMENT
     │   ├── DisabledException                  FAILED_PRECONDITION
     │   ├── KMSInvalidStateException           FAILED_PRECONDITION
     │   ├── AccessDeniedException              PERMISSION_DENIED or UNAUTHENTICATED
@@ -35,7 +39,9 @@ Errors the client raises itself, before anything reaches the wire, are not
     │   ├── ThrottlingException                RESOURCE_EXHAUSTED
     │   ├── DependencyTimeoutException         UNAVAILABLE
     │   ├── KMSInternalException               INTERNAL
-    │   ├── ServiceUnavailableError            UNAVAILABLE / DEADLINE_EXCEEDED, no known reason
+    │   ├── ServiceUnavailableError            UNAVAILABLE / DEADLINE_EXCEEDED, no known reason;
+    │   │                                      also raised unsent when no region can take a call
+    │   │                                      (every candidate's circuit breaker open)
     │   └── UnauthenticatedError               UNAUTHENTICATED, no known reason
     │   (any other code without a known reason: KmsError itself)
     ├── ClientClosedError (RuntimeError)   a call on a client after close()
@@ -57,11 +63,15 @@ __all__ = [
     "ClusterFileError",
     "DependencyTimeoutException",
     "DisabledException",
+    "ExpiredImportTokenException",
     "IncorrectKeyException",
+    "IncorrectKeyMaterialException",
     "InvalidAliasNameException",
     "InvalidArnException",
     "InvalidCiphertextException",
+    "InvalidGrantIdException",
     "InvalidGrantTokenException",
+    "InvalidImportTokenException",
     "InvalidKeyUsageException",
     "InvalidMarkerException",
     "KMSInternalException",
@@ -157,6 +167,10 @@ class InvalidGrantTokenException(KmsError):
     pass
 
 
+class InvalidGrantIdException(KmsError):
+    pass
+
+
 class TagException(KmsError):
     pass
 
@@ -174,6 +188,18 @@ class KMSInvalidSignatureException(KmsError):
 
 
 class KMSInvalidMacException(KmsError):
+    pass
+
+
+class InvalidImportTokenException(KmsError):
+    pass
+
+
+class ExpiredImportTokenException(KmsError):
+    pass
+
+
+class IncorrectKeyMaterialException(KmsError):
     pass
 
 
@@ -209,7 +235,11 @@ class ServiceUnavailableError(KmsError):
     """The region could not be reached or did not answer in time.
 
     Raised for UNAVAILABLE and DEADLINE_EXCEEDED without a known reason: the
-    call may or may not have taken effect.
+    call may or may not have taken effect. The client raises it only after its
+    retries and failover (``RoutingOptions``) found no region to answer within
+    the call's deadline; ``region`` is the last region tried (for a call not
+    sent at all, because every candidate's circuit breaker was open: its one
+    candidate region, or None if it had several).
     """
 
 
@@ -252,11 +282,15 @@ _BY_REASON: dict[str, type[KmsError]] = {
         InvalidArnException,
         InvalidMarkerException,
         InvalidGrantTokenException,
+        InvalidGrantIdException,
         TagException,
         MalformedPolicyDocumentException,
         UnsupportedOperationException,
         KMSInvalidSignatureException,
         KMSInvalidMacException,
+        InvalidImportTokenException,
+        ExpiredImportTokenException,
+        IncorrectKeyMaterialException,
         DisabledException,
         KMSInvalidStateException,
         AccessDeniedException,

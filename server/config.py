@@ -5,12 +5,25 @@ A bad config stops the node before it opens anything, with a message naming the 
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from meridian.server.access_settings import AccessConfig, AccessConfigError, parse_access
+from meridian.server.audit.settings import (
+    AuditSettings,
+    MetricsSettings,
+    parse_audit_settings,
+    parse_metrics_settings,
+)
 from meridian.server.domain.identifiers import is_valid_account, is_valid_region
+from meridian.server.gateway.settings import (
+    AwsGatewayConfig,
+    GatewayConfigError,
+    parse_aws_gateway,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -27,9 +40,27 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Pkcs11Config:
+    """Where a PKCS#11 root key lives (docs/hsm.md). The PIN itself is never in the file."""
+
+    module: str
+    token_label: str
+    key_label: str
+    pin_env: str | None = None
+    pin_file: Path | None = None
+    mechanism: str = "auto"  # auto | aes-gcm | aes-key-wrap-pad
+    timeout_ms: int = 5000
+    # Environment the module reads when it loads, e.g. SOFTHSM2_CONF.
+    module_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RootKeyConfig:
     provider: str
     path: Path
+    pkcs11: Pkcs11Config | None = None
+    # The provider material was wrapped with before a migration (unwrap only).
+    previous: RootKeyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +81,14 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...] = field(default=())
     # How often the deletion sweeper looks for keys whose waiting period is over.
     sweep_interval_s: float = 60.0
+    # The AWS-compatible HTTPS endpoint, [aws_gateway] (server/gateway/settings.py); None: off.
+    aws_gateway: AwsGatewayConfig | None = None
+    # Who administers the cluster, [access] (server/access_settings.py).
+    access: AccessConfig = field(default_factory=AccessConfig)
+    # The audit trail, [audit], and the Prometheus endpoint, [metrics]
+    # (server/audit/settings.py).
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def database_path(self) -> Path:
@@ -86,13 +125,15 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         key=_path(base, _string(tls_raw, "key", context="tls")),
     )
     root_raw = _table(raw, "root_key", required=False)
-    provider = _string(root_raw, "provider", "file", context="root_key")
-    if provider != "file":
-        raise ConfigError(f"root_key.provider {provider!r} is not supported (use 'file')")
-    root_key = RootKeyConfig(
-        provider=provider,
-        path=_path(data_dir, _string(root_raw, "path", "root.key", context="root_key")),
-    )
+    root_key = _root_key(root_raw, base=base, data_dir=data_dir, context="root_key")
+    previous_raw = _table(root_raw, "previous", required=False)
+    if previous_raw:
+        previous = _root_key(
+            previous_raw, base=base, data_dir=data_dir, context="root_key.previous"
+        )
+        if previous.provider == root_key.provider:
+            raise ConfigError("root_key.previous must name the other provider than root_key")
+        root_key = replace(root_key, previous=previous)
     log_raw = _table(raw, "log", required=False)
     level = _string(log_raw, "level", "info", context="log")
     if level not in LOG_LEVELS:
@@ -110,6 +151,21 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
     sweep = raw.get("sweep_interval_s", 60.0)
     if not isinstance(sweep, int | float) or not 0.01 <= sweep <= 86_400:
         raise ConfigError("sweep_interval_s must be a number of seconds between 0.01 and 86400")
+    try:
+        aws_gateway = parse_aws_gateway(
+            raw.get("aws_gateway"), base=base, default_cert=tls.cert, default_key=tls.key
+        )
+    except GatewayConfigError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        access = parse_access(raw.get("access"))
+    except AccessConfigError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        audit = parse_audit_settings(_table(raw, "audit", required=False))
+        metrics = parse_metrics_settings(_table(raw, "metrics", required=False))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return NodeConfig(
         region=region,
         account_id=account_id,
@@ -120,6 +176,62 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         log_level=level,
         peers=peers,
         sweep_interval_s=float(sweep),
+        aws_gateway=aws_gateway,
+        access=access,
+        audit=audit,
+        metrics=metrics,
+    )
+
+
+ROOT_KEY_PROVIDERS = ("file", "pkcs11")
+PKCS11_MECHANISMS = ("auto", "aes-gcm", "aes-key-wrap-pad")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _root_key(raw: dict[str, Any], *, base: Path, data_dir: Path, context: str) -> RootKeyConfig:
+    provider = _string(raw, "provider", "file", context=context)
+    if provider not in ROOT_KEY_PROVIDERS:
+        raise ConfigError(f"{context}.provider {provider!r} is not supported (file or pkcs11)")
+    path = _path(data_dir, _string(raw, "path", "root.key", context=context))
+    if provider == "file":
+        return RootKeyConfig(provider=provider, path=path)
+    pin_env, pin_file = raw.get("pin_env"), raw.get("pin_file")
+    if (pin_env is None) == (pin_file is None):
+        raise ConfigError(f"{context} needs exactly one of pin_env and pin_file")
+    if pin_env is not None and not _ENV_NAME.match(_string(raw, "pin_env", context=context)):
+        raise ConfigError(f"{context}.pin_env must be an environment variable name")
+    token_label = _string(raw, "token_label", context=context)
+    if len(token_label.encode()) > 32:
+        raise ConfigError(f"{context}.token_label must be at most 32 bytes (PKCS#11 limit)")
+    mechanism = _string(raw, "mechanism", "auto", context=context)
+    if mechanism not in PKCS11_MECHANISMS:
+        raise ConfigError(f"{context}.mechanism must be one of {', '.join(PKCS11_MECHANISMS)}")
+    timeout_ms = raw.get("timeout_ms", 5000)
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
+        raise ConfigError(f"{context}.timeout_ms must be an integer")
+    if not 100 <= timeout_ms <= 600_000:
+        raise ConfigError(f"{context}.timeout_ms must be between 100 and 600000")
+    module_env = _table(raw, "module_env", required=False)
+    for name, value in module_env.items():
+        if not _ENV_NAME.match(name) or not isinstance(value, str):
+            raise ConfigError(f"{context}.module_env must map variable names to strings")
+    module = _string(raw, "module", context=context)
+    return RootKeyConfig(
+        provider=provider,
+        path=path,
+        pkcs11=Pkcs11Config(
+            # A bare file name is left to the dynamic loader's search path.
+            module=str(_path(base, module)) if "/" in module else module,
+            token_label=token_label,
+            key_label=_string(raw, "key_label", context=context),
+            pin_env=pin_env,
+            pin_file=(
+                None if pin_file is None else _path(base, _string(raw, "pin_file", context=context))
+            ),
+            mechanism=mechanism,
+            timeout_ms=timeout_ms,
+            module_env=tuple(sorted(module_env.items())),
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +23,31 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from meridian.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+from meridian.replication.engine import EngineSettings
+from meridian.replication.runtime import ReplicationRuntime, open_replication
+from meridian.replication.transport import TransportFactory
+from meridian.server.api.authorization import AuthorizationHook
+from meridian.server.api.idempotency import IdempotencyGuard, deduplicating
 from meridian.server.api.interceptor import CallHook, RequestInterceptor
+from meridian.server.api.node_principals import NodePrincipalGuard
 from meridian.server.api.servicer import KeyManagementServicer
+from meridian.server.audit_runtime import AuditRuntime
 from meridian.server.config import NodeConfig
+from meridian.server.domain.access.authorizer import Authorizer
+from meridian.server.domain.access.service import AccessService
 from meridian.server.domain.clock import Clock, SystemClock
-from meridian.server.domain.crypto.rootkey import FileRootKeyProvider, RootKeyError
+from meridian.server.domain.crypto.rootkey import RootKeyError
+from meridian.server.domain.crypto.rootkey_ring import RootKeyRing
+from meridian.server.domain.model import Key
 from meridian.server.domain.service import KeyService
+from meridian.server.gateway.app import AwsGateway
+from meridian.server.gateway.wiring import start_aws_gateway
+from meridian.server.key_lifecycle import run_key_lifecycle
+from meridian.server.metrics import NodeMetrics
+from meridian.server.rootkeys import open_root_keys
+from meridian.server.storage.access_repository import SqliteAccessStore
+from meridian.server.storage.idempotency import SqliteIdempotencyRecords
+from meridian.server.storage.key_material_repository import SqliteKeyMaterialStore
 from meridian.server.storage.store import SqliteStore
 from meridian.server.sweeper import run_deletion_sweeper
 
@@ -48,6 +68,13 @@ class Node:
     config: NodeConfig
     clock: Clock
     randbytes: Callable[[int], bytes] = os.urandom
+    # Root keys built by the caller (tests); None builds them from the config. Either way
+    # the node owns them and closes them when it stops.
+    root_keys: RootKeyRing | None = None
+    # How replication reaches peers: None is mTLS gRPC to the config's [[peers]]; tests
+    # pass an in-memory network's factory (replication/transport.py).
+    replication_transport: TransportFactory | None = None
+    replication_settings: EngineSettings | None = None
 
     def __post_init__(self) -> None:
         self.port = 0
@@ -56,6 +83,15 @@ class Node:
         self._health_servicer: AsyncHealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.service: KeyService | None = None
+        self.access: AccessService | None = None
+        # The AWS-compatible endpoint, when [aws_gateway] turns it on.
+        self.aws_gateway: AwsGateway | None = None
+        # The audit trail (server/audit_runtime.py) and the Prometheus metrics.
+        self.audit: AuditRuntime | None = None
+        self.metrics = NodeMetrics()
+        self.metrics_port = 0
+        # Multi-Region keys and the replication log (replication/DESIGN.md).
+        self.replication: ReplicationRuntime | None = None
 
     async def start(self) -> int:
         """Open storage, start serving; returns the bound port."""
@@ -63,7 +99,9 @@ class Node:
         credentials = _server_credentials(config)
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
-            root_key = FileRootKeyProvider.open_or_create(config.root_key.path)
+            if self.root_keys is None:
+                self.root_keys = await open_root_keys(config.root_key, randbytes=self.randbytes)
+            root_key = self.root_keys
         except (OSError, RootKeyError) as error:
             raise NodeStartError(f"cannot open the root key: {error}") from None
         self._store = await SqliteStore.open(config.database_path)
@@ -74,19 +112,62 @@ class Node:
             root_key=root_key,
             clock=self.clock,
             randbytes=self.randbytes,
+            key_materials=SqliteKeyMaterialStore(self._store),
         )
+        # The replication identity is unwrapped on first use, not here (replication/identity.py).
+        replication = open_replication(
+            config,
+            service=self.service,
+            store=self._store,
+            root_key=root_key,
+            clock=self.clock,
+            randbytes=self.randbytes,
+            transport_factory=self.replication_transport,
+            settings=self.replication_settings,
+        )
+        self.replication = replication
+        access_store = SqliteAccessStore(self._store)
+        self.access = AccessService(
+            authorizer=Authorizer(
+                region=config.region,
+                account_id=config.account_id,
+                keys=self._store,
+                access=access_store,
+                clock=self.clock,
+                administrators=config.access.administrators,
+                describe_multi_region=self._describe_multi_region,
+            ),
+            store=access_store,
+            clock=self.clock,
+            randbytes=self.randbytes,
+        )
+        self.audit = await AuditRuntime.open(
+            config,
+            root_key=root_key,
+            clock=self.clock,
+            keys=self._store.reader,
+            metrics=self.metrics,
+            randbytes=self.randbytes,
+        )
+        interceptor = RequestInterceptor(account_id=config.account_id, hooks=self._call_hooks())
         server = grpc.aio.server(
-            interceptors=[
-                RequestInterceptor(account_id=config.account_id, hooks=self._call_hooks())
-            ],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        servicer = KeyManagementServicer(self.service, self.access)
+        servicer.last_usage = self.audit.last_usage
+        audit_services = self.audit.add_servicers(server, self.clock)
+        replication_services = replication.add_servicers(server)
+        # Retries carrying an idempotency token are answered once (server/api/idempotency.py).
+        idempotency = IdempotencyGuard(
+            SqliteIdempotencyRecords(self._store.write_connection), self.clock
+        )
         kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-            KeyManagementServicer(self.service), server
+            deduplicating(servicer, idempotency), server
         )
         health_servicer = AsyncHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -95,6 +176,8 @@ class Node:
                 kms_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
+                *audit_services,
+                *replication_services,
             ),
             server,
         )
@@ -102,13 +185,53 @@ class Node:
             self.port = server.add_secure_port(config.listen, credentials)
         except RuntimeError as error:
             # grpc reports an unusable certificate or key only here, as RuntimeError.
-            await self._store.close()
+            await self._abandon_start()
             raise NodeStartError(
                 f"cannot serve TLS on {config.listen} (check the [tls] files): {error}"
             ) from None
         if self.port == 0:
-            await self._store.close()
+            await self._abandon_start()
             raise NodeStartError(f"cannot listen on {config.listen} (address in use?)")
+        if config.aws_gateway is not None:
+            try:
+                # The same servicer and hook pipeline as gRPC: the gateway only translates.
+                self.aws_gateway = await start_aws_gateway(
+                    settings=config.aws_gateway,
+                    region=config.region,
+                    account_id=config.account_id,
+                    database=config.database_path,
+                    servicer=servicer,
+                    pipeline=interceptor.pipeline,
+                    root_key=root_key,
+                    clock=self.clock,
+                )
+            except (OSError, ssl.SSLError) as error:
+                await self._abandon_start()
+                raise NodeStartError(
+                    f"cannot serve the AWS endpoint on {config.aws_gateway.listen} "
+                    f"(check [aws_gateway] and its TLS files): {error}"
+                ) from None
+        # The audit writer runs before the first call arrives: every response waits for it.
+        await self.audit.start()
+        replication.attach_audit(self.audit.sink)
+        if config.metrics.listen:
+            self.metrics_port = self.metrics.serve(config.metrics.listen)
+            self._tasks.append(
+                asyncio.create_task(
+                    self.metrics.refresh_key_counts(
+                        self.audit.storage.key_state_counts, interval_s=15.0
+                    ),
+                    name="metrics-key-counts",
+                )
+            )
+            self._tasks.append(
+                asyncio.create_task(
+                    self.metrics.follow_replication(
+                        replication.engine.status_snapshot, interval_s=5.0
+                    ),
+                    name="metrics-replication",
+                )
+            )
         await server.start()
         self._server = server
         self._health_servicer = health_servicer
@@ -118,30 +241,98 @@ class Node:
         )
         self._tasks.append(
             asyncio.create_task(
-                run_deletion_sweeper(self.service, self.clock, interval_s=config.sweep_interval_s),
+                run_deletion_sweeper(
+                    self.service,
+                    self.clock,
+                    interval_s=config.sweep_interval_s,
+                    audit=self.audit.sink,
+                ),
                 name="deletion-sweeper",
+            )
+        )
+        # Automatic rotation and expiry of imported material (server/key_lifecycle.py).
+        self._tasks.append(
+            asyncio.create_task(
+                run_key_lifecycle(
+                    self.service,
+                    self.clock,
+                    interval_s=config.sweep_interval_s,
+                    audit=self.audit.sink,
+                ),
+                name="key-lifecycle",
+            )
+        )
+        # Shippers start once the node serves: peers may call back at once.
+        await replication.start()
+        self._tasks.append(
+            asyncio.create_task(
+                self.metrics.follow_replication(
+                    replication.engine.status_snapshot, interval_s=15.0
+                ),
+                name="metrics-replication",
             )
         )
         log.info("node ready", listen=config.listen, port=self.port, data_dir=str(config.data_dir))
         return self.port
 
+    async def _abandon_start(self) -> None:
+        """Close what a failed start opened (the audit trail, the store, the root keys)."""
+        if self.audit is not None:
+            await self.audit.close()
+            self.audit = None
+        if self._store is not None:
+            await self._store.close()
+        if self.root_keys is not None:
+            # An HSM session stays logged in for the whole process until it is closed.
+            await self.root_keys.aclose()
+
+    async def _describe_multi_region(self, key: Key) -> None:
+        """A multi-Region key's role here, for kms:MultiRegionKeyType in policies."""
+        service = self.service
+        if service is not None and service.multi_region is not None and self._store is not None:
+            await service.multi_region.describe(self._store.reader, key)
+
     def _call_hooks(self) -> list[CallHook]:
         """The steps every API call passes through, in order (authorization, audit...)."""
-        return []
+        if self.access is None:
+            raise AssertionError("the access service is built before the hooks")
+        if self.audit is None:
+            raise AssertionError("the audit trail is opened before the hooks")
+        # Authorization first: nothing runs without an allow (DESIGN.md §7.7). Audit next,
+        # so its record carries the decision; metrics last, to count the final outcome.
+        # Node certificates are refused everything but replication before any policy is read.
+        return [
+            NodePrincipalGuard(),
+            AuthorizationHook(self.access.authorizer),
+            *self.audit.hooks,
+            self.metrics.hook(),
+        ]
 
     async def stop(self) -> None:
+        if self.aws_gateway is not None:
+            await self.aws_gateway.stop()
+            self.aws_gateway = None
         if self._server is not None:
             if self._health_servicer is not None:
                 await self._health_servicer.enter_graceful_shutdown()
             await self._server.stop(SHUTDOWN_GRACE_S)
             self._server = None
+        if self.replication is not None:
+            await self.replication.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.audit is not None:
+            # After the API and the background tasks: the last records are in, seal them.
+            await self.audit.close()
+            self.audit = None
+        self.metrics.stop()
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self.root_keys is not None:
+            await self.root_keys.aclose()
         log.info("node stopped")
 
 

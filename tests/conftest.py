@@ -21,6 +21,9 @@ from meridian.server.config import NodeConfig, RootKeyConfig, TlsConfig
 from meridian.server.domain.clock import FakeClock
 from meridian.server.node import Node
 
+# SoftHSM2 fixtures for the PKCS#11 root key tests (they skip without SoftHSM2).
+pytest_plugins = ["hsm_support"]
+
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
 
@@ -136,6 +139,37 @@ async def expect_error(awaitable: object, code: grpc.StatusCode, reason: str) ->
     return str(caught.value.details())
 
 
+# ---- principals other than the bootstrap administrator (docs/access-control.md) ----
+
+ALLOW_ALL_POLICY = (
+    '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "*", "Resource": "*"}}'
+)
+
+
+def principal_arn(name: str) -> str:
+    return f"arn:meridian:iam::{ACCOUNT}:user/{name}"
+
+
+async def allow_everything(node: RunningNode, principal: str) -> None:
+    """Give ``principal`` an identity policy allowing every action, as the administrator
+    would: a test that calls as another principal and is not about access control."""
+    from meridian.proto.kms.v1 import kms_pb2
+
+    await node.stub.PutUserPolicy(
+        kms_pb2.PutUserPolicyRequest(
+            user_name=principal, policy_name="allow-everything", policy_document=ALLOW_ALL_POLICY
+        )
+    )
+
+
+def principal_stub(
+    test_pki: TestPki, node: RunningNode, principal: str
+) -> tuple[grpc.aio.Channel, kms_pb2_grpc.KeyManagementServiceStub]:
+    """A channel (close it) and stub that call ``node`` as ``principal``."""
+    channel = secure_channel(test_pki, node.endpoint, principal)
+    return channel, kms_pb2_grpc.KeyManagementServiceStub(channel)
+
+
 # ---- end to end: real node processes started through the cluster manager ----
 
 
@@ -170,6 +204,20 @@ class ClusterHandle:
 def single_region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
     directory = tmp_path_factory.mktemp("cluster")
     cluster.up(directory, ["us-east-1"])
+    try:
+        yield ClusterHandle(directory)
+    finally:
+        cluster.down(directory)
+
+
+THREE_REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
+
+
+@pytest.fixture(scope="module")
+def three_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
+    """Three real node processes that replicate to each other (multi-region keys)."""
+    directory = tmp_path_factory.mktemp("cluster3")
+    cluster.up(directory, THREE_REGIONS)
     try:
         yield ClusterHandle(directory)
     finally:

@@ -119,7 +119,7 @@ def _meridian_spec(directory: Path) -> tuple[dict[str, Any], int]:
     entry = spec["regions"][REGION]
     return (
         {
-            "endpoint": entry["endpoint"],
+            "endpoint": entry.get("direct_endpoint") or entry["endpoint"],
             "server_name": entry["server_name"],
             "ca_cert": Path(spec["ca_cert"]).read_bytes(),
             "client_cert": Path(spec["client_cert"]).read_bytes(),
@@ -140,7 +140,8 @@ def _prepare_meridian(directory: Path, payload: bytes) -> Prepared:
 
 def run_meridian(options: BenchOptions, directory: Path, report: Report) -> list[RunStats]:
     report(f"starting a Meridian node in {directory}")
-    cluster.up(directory, [REGION])
+    # Direct: the benchmark measures the node, not the fault-injecting link proxy.
+    cluster.up(directory, [REGION], network="direct")
     try:
         spec, pid = _meridian_spec(directory)
         prepared = _prepare_meridian(directory, os.urandom(options.payload_bytes))

@@ -44,6 +44,8 @@ else:
     Context = grpc.aio.ServicerContext
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+# An operation as the transport-neutral pipeline sees it: request in, response out.
+Invoke = Callable[[Any], Awaitable[Any]]
 
 
 class NotAuthenticated(AccessDeniedException):
@@ -66,6 +68,9 @@ class CallInfo:
     source_address: str
     started: float
     facts: dict[str, Any] = field(default_factory=dict)
+    # The full gRPC method, "/package.Service/Operation"; "" for calls that did not come
+    # over gRPC (they are KeyManagementService operations).
+    method: str = ""
 
 
 class CallHook(Protocol):
@@ -86,7 +91,9 @@ class RequestInterceptor(_ServerInterceptor):
     def __init__(self, *, account_id: str, hooks: Sequence[CallHook] = ()) -> None:
         self._account_id = account_id
         self._principals = PrincipalResolver()
-        self._hooks = tuple(hooks)
+        # Shared with the node's other transport (the AWS JSON gateway, server/gateway), so
+        # that every call, however it arrives, passes through the same hook instances.
+        self.pipeline = CallPipeline(hooks)
 
     async def intercept_service(
         self,
@@ -101,12 +108,12 @@ class RequestInterceptor(_ServerInterceptor):
             return handler
         operation = method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(cast(Behavior, handler.unary_unary), operation),
+            self._wrap(cast(Behavior, handler.unary_unary), operation, method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, behavior: Behavior, operation: str) -> Behavior:
+    def _wrap(self, behavior: Behavior, operation: str, method: str = "") -> Behavior:
         async def wrapped(request: Any, context: Context) -> Any:
             principal = self._principals.from_auth_context(context.auth_context())
             source_address = _source_address(context.peer())
@@ -125,9 +132,12 @@ class RequestInterceptor(_ServerInterceptor):
                 request_id=request_id,
                 source_address=source_address,
                 started=time.perf_counter(),
+                method=method,
+                facts={"user_agent": _user_agent(context)},
             )
-            response, error = await self._run(call, behavior, context)
-            response, error = await self._after(call, response, error)
+            response, error = await self.pipeline.run(
+                call, lambda message: behavior(message, context)
+            )
             bound = log.bind(
                 request_id=request_id,
                 operation=operation,
@@ -148,9 +158,35 @@ class RequestInterceptor(_ServerInterceptor):
 
         return wrapped
 
-    async def _run(
-        self, call: CallInfo, behavior: Behavior, context: Context
+
+class CallPipeline:
+    """What every API call goes through once its transport has decoded it: the
+    principal check, the hooks in order, the operation, and the error mapping.
+
+    The gRPC interceptor above and the AWS JSON gateway both run calls through the
+    node's one pipeline, so authorization and audit cannot differ between transports.
+    """
+
+    def __init__(self, hooks: Sequence[CallHook] = ()) -> None:
+        self._hooks = tuple(hooks)
+
+    async def run(
+        self, call: CallInfo, invoke: Invoke, *, refusal: KmsError | None = None
     ) -> tuple[Any | None, KmsError | None]:
+        """Run ``invoke(call.request)`` between the hooks; returns (response, error).
+
+        ``refusal`` is an error the transport has already decided on (a bad signature, an
+        unreadable body): the operation does not run, but the ``after`` hooks still see the
+        call, so a refused call is audited like any other.
+        """
+        response, error = await self._run(call, invoke, refusal)
+        return await self._after(call, response, error)
+
+    async def _run(
+        self, call: CallInfo, invoke: Invoke, refusal: KmsError | None
+    ) -> tuple[Any | None, KmsError | None]:
+        if refusal is not None:
+            return None, refusal
         if call.caller is None:
             return None, NotAuthenticated()
         token = CURRENT_CALLER.set(call.caller)
@@ -161,7 +197,7 @@ class RequestInterceptor(_ServerInterceptor):
                 )
             for hook in self._hooks:
                 await hook.before(call)
-            return await behavior(call.request, context), None
+            return await invoke(call.request), None
         except KmsError as error:
             return None, error
         except grpc.aio.AbortError:
@@ -225,6 +261,14 @@ def _trailers(request_id: str, details: bytes) -> tuple[tuple[str, str | bytes],
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _user_agent(context: Context) -> str:
+    """The caller's user-agent (for the audit record's ``userAgent``), at most 256 chars."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "user-agent":
+            return str(value)[:256]
+    return ""
 
 
 def _source_address(peer: str) -> str:

@@ -13,8 +13,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meridian.proto.kms.v1 import kms_pb2 as pb
 from meridian.proto.kms.v1 import kms_pb2_grpc
+from meridian.server.api.access_servicer import AccessControlServicer
 from meridian.server.api.interceptor import CURRENT_CALLER, Context
-from meridian.server.domain.model import Alias, Key, Tag, encryption_algorithms_for
+from meridian.server.api.key_types_servicer import KeyTypesServicer
+from meridian.server.api.multi_region_servicer import (
+    MultiRegionServicer,
+    multi_region_configuration,
+)
+from meridian.server.audit.events import from_us
+from meridian.server.audit.last_usage import KeyLastUsage
+from meridian.server.domain.access.service import AccessService
+from meridian.server.domain.errors import UnsupportedOperationException
+from meridian.server.domain.key_specs import algorithms_for
+from meridian.server.domain.key_types import ImportExpiry
+from meridian.server.domain.model import Alias, Key, Tag
 from meridian.server.domain.service import CreateKeyRequest, KeyService
 
 
@@ -24,7 +36,9 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def key_metadata(key: Key) -> pb.KeyMetadata:
+def key_metadata(key: Key, expiry: ImportExpiry | None = None) -> pb.KeyMetadata:
+    """AWS's KeyMetadata; ``expiry`` adds ExpirationModel/ValidTo of imported material."""
+    algorithms = algorithms_for(key.key_spec, key.key_usage)
     metadata = pb.KeyMetadata(
         aws_account_id=key.account_id,
         key_id=key.key_id,
@@ -38,7 +52,11 @@ def key_metadata(key: Key) -> pb.KeyMetadata:
         key_manager="CUSTOMER",
         customer_master_key_spec=key.key_spec.value,
         key_spec=key.key_spec.value,
-        encryption_algorithms=encryption_algorithms_for(key.key_spec),
+        encryption_algorithms=algorithms.encryption,
+        signing_algorithms=algorithms.signing,
+        key_agreement_algorithms=algorithms.key_agreement,
+        encapsulation_algorithms=algorithms.encapsulation,
+        mac_algorithms=algorithms.mac,
         multi_region=key.multi_region,
         current_key_material_id=key.current_material_id.hex(),
     )
@@ -46,6 +64,14 @@ def key_metadata(key: Key) -> pb.KeyMetadata:
         metadata.deletion_date.CopyFrom(_timestamp(key.deletion_date))
     if key.pending_window_days is not None:
         metadata.pending_deletion_window_in_days = key.pending_window_days
+    if key.multi_region_configuration is not None:
+        metadata.multi_region_configuration.CopyFrom(
+            multi_region_configuration(key.multi_region_configuration)
+        )
+    if expiry is not None and expiry.expiration_model is not None:
+        metadata.expiration_model = expiry.expiration_model.value
+        if expiry.valid_to is not None:
+            metadata.valid_to.CopyFrom(_timestamp(expiry.valid_to))
     return metadata
 
 
@@ -57,10 +83,18 @@ def _tags(tags: Any) -> list[Tag]:
     return [Tag(tag_key=tag.tag_key, tag_value=tag.tag_value) for tag in tags]
 
 
-class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
-    def __init__(self, service: KeyService) -> None:
+class KeyManagementServicer(
+    AccessControlServicer,
+    KeyTypesServicer,
+    MultiRegionServicer,
+    kms_pb2_grpc.KeyManagementServiceServicer,
+):
+    def __init__(self, service: KeyService, access: AccessService | None = None) -> None:
         self._service = service
         self._region = service.region
+        self._access = access
+        # Set by the node when the audit trail is on (GetKeyLastUsage reads its counters).
+        self.last_usage: KeyLastUsage | None = None
 
     def _alias_entry(self, alias: Alias) -> pb.AliasListEntry:
         return pb.AliasListEntry(
@@ -76,6 +110,12 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
     async def CreateKey(
         self, request: pb.CreateKeyRequest, context: Context
     ) -> pb.CreateKeyResponse:
+        # The policy must not lock its creator out (BypassPolicyLockoutSafetyCheck).
+        await self._access_service.check_new_key_policy(
+            CURRENT_CALLER.get(),
+            request.policy,
+            bypass=request.bypass_policy_lockout_safety_check,
+        )
         key = await self._service.create_key(
             CURRENT_CALLER.get(),
             CreateKeyRequest(
@@ -95,7 +135,8 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         self, request: pb.DescribeKeyRequest, context: Context
     ) -> pb.DescribeKeyResponse:
         key = await self._service.describe_key(CURRENT_CALLER.get(), request.key_id)
-        return pb.DescribeKeyResponse(key_metadata=key_metadata(key), region=self._region)
+        expiry = await self._service.key_types.import_expiry(key)
+        return pb.DescribeKeyResponse(key_metadata=key_metadata(key, expiry), region=self._region)
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
         page = await self._service.list_keys(
@@ -134,15 +175,18 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         key = await self._service.schedule_key_deletion(
             CURRENT_CALLER.get(), request.key_id, _optional_int(request, "pending_window_in_days")
         )
-        assert key.deletion_date is not None
         assert key.pending_window_days is not None
-        return pb.ScheduleKeyDeletionResponse(
+        response = pb.ScheduleKeyDeletionResponse(
             key_id=key.arn,
-            deletion_date=_timestamp(key.deletion_date),
             key_state=key.state.value,
             pending_window_in_days=key.pending_window_days,
             region=self._region,
         )
+        # A multi-Region primary waiting for its replicas (PendingReplicaDeletion) has no
+        # deletion date yet: its window starts when the last replica is deleted.
+        if key.deletion_date is not None:
+            response.deletion_date.CopyFrom(_timestamp(key.deletion_date))
+        return response
 
     async def CancelKeyDeletion(
         self, request: pb.CancelKeyDeletionRequest, context: Context
@@ -164,7 +208,8 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         return pb.EncryptResponse(
             ciphertext_blob=result.ciphertext_blob,
             key_id=result.key_arn,
-            encryption_algorithm="SYMMETRIC_DEFAULT",
+            # The domain accepted the algorithm, so echoing it is exact (RSA keys: OAEP).
+            encryption_algorithm=request.encryption_algorithm or "SYMMETRIC_DEFAULT",
             region=self._region,
         )
 
@@ -180,7 +225,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         return pb.DecryptResponse(
             key_id=result.key_arn,
             plaintext=result.plaintext,
-            encryption_algorithm="SYMMETRIC_DEFAULT",
+            encryption_algorithm=request.encryption_algorithm or "SYMMETRIC_DEFAULT",
             key_material_id=result.key_material_id,
             region=self._region,
         )
@@ -203,8 +248,10 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             ciphertext_blob=result.ciphertext_blob,
             source_key_id=result.source_key_arn,
             key_id=result.key_arn,
-            source_encryption_algorithm="SYMMETRIC_DEFAULT",
-            destination_encryption_algorithm="SYMMETRIC_DEFAULT",
+            source_encryption_algorithm=request.source_encryption_algorithm or "SYMMETRIC_DEFAULT",
+            destination_encryption_algorithm=(
+                request.destination_encryption_algorithm or "SYMMETRIC_DEFAULT"
+            ),
             source_key_material_id=result.source_key_material_id,
             destination_key_material_id=result.destination_key_material_id,
             region=self._region,
@@ -326,3 +373,31 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             truncated=page.truncated,
             region=self._region,
         )
+
+    # ---- usage tracking (server/audit/last_usage.py) ------------------------------------
+
+    async def GetKeyLastUsage(
+        self, request: pb.GetKeyLastUsageRequest, context: Context
+    ) -> pb.GetKeyLastUsageResponse:
+        key = await self._service.describe_key(CURRENT_CALLER.get(), request.key_id)
+        if self.last_usage is None:
+            raise UnsupportedOperationException(
+                "Usage tracking needs the audit trail, which is disabled on this node"
+            )
+        report = await self.last_usage.for_key(key.arn)
+        response = pb.GetKeyLastUsageResponse(
+            key_id=key.arn,
+            tracking_start_date=_timestamp(report.tracking_start),
+            key_creation_date=_timestamp(key.created_at),
+            region=self._region,
+        )
+        if report.last_use is not None:
+            response.key_last_usage.CopyFrom(
+                pb.KeyLastUsageData(
+                    operation=report.last_use.operation,
+                    timestamp=_timestamp(from_us(report.last_use.used_at_us)),
+                    cloud_trail_event_id=report.last_use.event_id,
+                    kms_request_id=report.last_use.request_id,
+                )
+            )
+        return response

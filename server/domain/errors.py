@@ -17,10 +17,13 @@ rebuilds the same classes from ``(code, reason)``.
     ├── InvalidArnException
     ├── InvalidMarkerException
     ├── InvalidGrantTokenException
+    ├── InvalidGrantIdException
     ├── TagException
     ├── MalformedPolicyDocumentException
     ├── UnsupportedOperationException
     ├── KMSInvalidSignatureException / KMSInvalidMacException
+    ├── InvalidImportTokenException / ExpiredImportTokenException
+    ├── IncorrectKeyMaterialException   imported material that does not fit the key
     ├── DisabledException
     ├── KMSInvalidStateException
     ├── AccessDeniedException
@@ -93,6 +96,10 @@ class InvalidGrantTokenException(KmsError):
     reason = "InvalidGrantTokenException"
 
 
+class InvalidGrantIdException(KmsError):
+    reason = "InvalidGrantIdException"
+
+
 class TagException(KmsError):
     reason = "TagException"
 
@@ -111,6 +118,18 @@ class KMSInvalidSignatureException(KmsError):
 
 class KMSInvalidMacException(KmsError):
     reason = "KMSInvalidMacException"
+
+
+class InvalidImportTokenException(KmsError):
+    reason = "InvalidImportTokenException"
+
+
+class ExpiredImportTokenException(KmsError):
+    reason = "ExpiredImportTokenException"
+
+
+class IncorrectKeyMaterialException(KmsError):
+    reason = "IncorrectKeyMaterialException"
 
 
 class DisabledException(KmsError):

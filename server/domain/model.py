@@ -78,6 +78,23 @@ CRYPTO_USABLE_STATES = frozenset({KeyState.ENABLED, KeyState.UPDATING})
 
 
 @dataclass(frozen=True, slots=True)
+class MultiRegionKey:
+    """One related multi-Region key: its ARN and region (AWS's MultiRegionKey)."""
+
+    arn: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class MultiRegionConfiguration:
+    """AWS's MultiRegionConfiguration as one region sees it."""
+
+    multi_region_key_type: str  # PRIMARY | REPLICA
+    primary_key: MultiRegionKey
+    replica_keys: tuple[MultiRegionKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
     """Who is asking: the authenticated principal and where the call came from."""
 
@@ -120,6 +137,9 @@ class Key:
     pending_window_days: int | None = None
     # Bumped on every write so that concurrent updates can be detected.
     revision: int = 0
+    # Filled for multi-Region keys when the key is described (not stored in the keys row;
+    # the replication state is its source, see server/domain/multi_region.py).
+    multi_region_configuration: MultiRegionConfiguration | None = None
 
     @property
     def enabled(self) -> bool:
@@ -133,7 +153,10 @@ class Key:
         """
         if (self.state is KeyState.PENDING_DELETION) != (self.deletion_date is not None):
             raise AssertionError(f"key {self.key_id}: deletion date and state disagree")
-        if len(self.current_material_id) != 32:
+        # Empty only for an EXTERNAL key whose first material is not imported yet.
+        if len(self.current_material_id) != 32 and not (
+            self.origin is Origin.EXTERNAL and not self.current_material_id
+        ):
             raise AssertionError(f"key {self.key_id}: bad current material id")
 
 

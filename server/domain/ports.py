@@ -37,7 +37,9 @@ class KeyRepository(Protocol):
 
 
 class KeyWriter(KeyRepository, Protocol):
-    async def insert_key(self, key: Key, version: KeyVersion) -> None: ...
+    async def insert_key(self, key: Key, version: KeyVersion | None) -> None:
+        """Store a new key with its first version (None: an EXTERNAL key, no material yet)."""
+        ...
 
     async def update_key(self, key: Key) -> None:
         """Store every mutable field of ``key`` and bump its revision."""

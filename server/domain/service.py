@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from meridian.server.domain import identifiers, validation
 from meridian.server.domain.clock import Clock
@@ -31,6 +31,8 @@ from meridian.server.domain.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
+from meridian.server.domain.key_material import KeyMaterialStore
+from meridian.server.domain.key_specs import check_creatable, require_encryption_algorithm
 from meridian.server.domain.material_cache import MaterialCache
 from meridian.server.domain.model import (
     CRYPTO_USABLE_STATES,
@@ -48,6 +50,9 @@ from meridian.server.domain.model import (
 )
 from meridian.server.domain.pagination import make_marker, parse_marker
 from meridian.server.domain.ports import KeyRepository, KeyStore, KeyWriter
+
+if TYPE_CHECKING:
+    from meridian.server.domain.multi_region_service import MultiRegionService
 
 MATERIAL_BYTES = 32
 SWEEP_BATCH_KEYS_MAX = 100
@@ -116,6 +121,7 @@ class KeyService:
         store: KeyStore,
         root_key: RootKeyProvider,
         clock: Clock,
+        key_materials: KeyMaterialStore,
         randbytes: Callable[[int], bytes] = os.urandom,
         material_cache_entries_max: int = 100_000,
     ) -> None:
@@ -126,6 +132,14 @@ class KeyService:
         self._clock = clock
         self._randbytes = randbytes
         self._materials = MaterialCache(entries_max=material_cache_entries_max)
+        # Every key spec beyond SYMMETRIC_DEFAULT, rotation and imported material. Imported
+        # here, not at the top: those modules build on this one.
+        from meridian.server.domain.key_types import KeyTypes
+
+        self.key_types = KeyTypes(self, key_materials)
+        # Multi-Region keys (server/domain/multi_region_service.py), set by the node's
+        # composition root; None refuses them, as a node without replication must.
+        self.multi_region: MultiRegionService | None = None
 
     # ---- key management ------------------------------------------------------------
 
@@ -138,21 +152,28 @@ class KeyService:
         validation.validate_tag_count(len(request.tags))
         if request.policy:
             validation.validate_policy_document(request.policy)
-        if key_spec is not KeySpec.SYMMETRIC_DEFAULT:
-            raise UnsupportedOperationException(
-                f"KeySpec {key_spec.value} is not supported by this Meridian version"
-            )
-        if key_usage is not KeyUsage.ENCRYPT_DECRYPT:
-            raise ValidationException(
-                f"KeyUsage {key_usage.value} is not valid for KeySpec {key_spec.value}"
-            )
-        if origin is not Origin.AWS_KMS:
-            raise UnsupportedOperationException(
-                f"Origin {origin.value} is not supported by this Meridian version"
-            )
+        check_creatable(key_spec, key_usage, origin)
         if request.multi_region:
-            raise UnsupportedOperationException(
-                "Multi-Region keys are not supported by this Meridian version"
+            # Symmetric keys of Meridian-made material only, for now: the other creation
+            # path (key_types) does not yet record the replication state (multi_region.py).
+            if self.multi_region is None:
+                raise UnsupportedOperationException(
+                    "Multi-Region keys are not supported by this node (no replication)"
+                )
+            if key_spec is not KeySpec.SYMMETRIC_DEFAULT or origin is not Origin.AWS_KMS:
+                raise UnsupportedOperationException(
+                    "Multi-Region keys are supported for SYMMETRIC_DEFAULT keys with "
+                    "origin AWS_KMS only"
+                )
+        if key_spec is not KeySpec.SYMMETRIC_DEFAULT or origin is not Origin.AWS_KMS:
+            return await self.key_types.create_key(
+                description=request.description,
+                policy=request.policy,
+                tags=request.tags,
+                multi_region=request.multi_region,
+                key_spec=key_spec,
+                key_usage=key_usage,
+                origin=origin,
             )
 
         now = self._clock.now()
@@ -189,11 +210,16 @@ class KeyService:
             await tx.insert_key(key, version)
             if request.tags:
                 await tx.put_tags(key_id, request.tags)
+            if key.multi_region and self.multi_region is not None:
+                await self.multi_region.key_created(tx, key, version, material)
         self._materials.put(key_id, material_id, material)
         return key
 
     async def describe_key(self, caller: Caller, key_id: str) -> Key:
-        return await self._resolve(self._store.reader, key_id)
+        key = await self._resolve(self._store.reader, key_id)
+        if key.multi_region and self.multi_region is not None:
+            await self.multi_region.describe(self._store.reader, key)
+        return key
 
     async def list_keys(self, caller: Caller, *, limit: int | None, marker: str) -> Page[Key]:
         page_size = validation.validate_limit(limit)
@@ -217,6 +243,7 @@ class KeyService:
             if key.state is not KeyState.ENABLED:
                 key.state = KeyState.ENABLED
                 await tx.update_key(key)
+                await self._multi_region_state_changed(tx, key)
         return key
 
     async def disable_key(self, caller: Caller, key_id: str) -> Key:
@@ -226,6 +253,7 @@ class KeyService:
             if key.state is not KeyState.DISABLED:
                 key.state = KeyState.DISABLED
                 await tx.update_key(key)
+                await self._multi_region_state_changed(tx, key)
         return key
 
     async def schedule_key_deletion(
@@ -243,46 +271,94 @@ class KeyService:
             )
         async with self._store.write() as tx:
             key = await self._resolve(tx, key_id)
-            _require_state(key, {KeyState.ENABLED, KeyState.DISABLED}, "scheduled for deletion")
+            # A key waiting for imported material may be deleted too (AWS).
+            _require_state(
+                key,
+                {KeyState.ENABLED, KeyState.DISABLED, KeyState.PENDING_IMPORT},
+                "scheduled for deletion",
+            )
             key.state = KeyState.PENDING_DELETION
             key.deletion_date = self._clock.now() + timedelta(days=days)
             key.pending_window_days = days
+            # A multi-Region primary with live replicas waits, without a date, until they
+            # are gone (AWS's PendingReplicaDeletion).
+            if (
+                key.multi_region
+                and self.multi_region is not None
+                and await self.multi_region.deletion_state(tx, key)
+                is KeyState.PENDING_REPLICA_DELETION
+            ):
+                key.state = KeyState.PENDING_REPLICA_DELETION
+                key.deletion_date = None
             key.check_invariants()
             await tx.update_key(key)
+            await self._multi_region_state_changed(tx, key)
         return key
 
     async def cancel_key_deletion(self, caller: Caller, key_id: str) -> Key:
         async with self._store.write() as tx:
             key = await self._resolve(tx, key_id)
-            _require_state(key, {KeyState.PENDING_DELETION}, "cancelled from deletion")
-            # As in AWS, a key whose deletion is cancelled comes back disabled.
-            key.state = KeyState.DISABLED
+            _require_state(
+                key,
+                {KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION},
+                "cancelled from deletion",
+            )
+            # As in AWS, a key whose deletion is cancelled comes back disabled, or pending
+            # import if it has imported material that is missing (key_import.py).
+            key.state = (
+                KeyState.PENDING_IMPORT
+                if await self.key_types.imports.lacks_material(key)
+                else KeyState.DISABLED
+            )
             key.deletion_date = None
             key.pending_window_days = None
             key.check_invariants()
             await tx.update_key(key)
+            await self._multi_region_state_changed(tx, key)
         return key
 
     async def delete_due_keys(self) -> list[str]:
-        """Delete every key whose waiting period is over; the sweeper calls this."""
-        deleted: list[str] = []
+        """Delete every key whose waiting period is over."""
+        return [
+            key_id
+            for key_id in await self.keys_due_for_deletion()
+            if await self.delete_if_due(key_id)
+        ]
+
+    async def keys_due_for_deletion(self) -> list[str]:
+        """Keys whose waiting period is over (the sweeper deletes them one by one)."""
         now = self._clock.now()
-        due = await self._store.reader.keys_due_for_deletion(now, limit=SWEEP_BATCH_KEYS_MAX)
-        for key_id in due:
-            async with self._store.write() as tx:
-                key = await tx.get_key(key_id)
-                # The key may have been cancelled between the scan and this transaction.
-                if (
-                    key is None
-                    or key.state is not KeyState.PENDING_DELETION
-                    or key.deletion_date is None
-                    or key.deletion_date > now
-                ):
-                    continue
-                await tx.delete_key(key_id)
-            self._materials.forget_key(key_id)
-            deleted.append(key_id)
-        return deleted
+        return await self._store.reader.keys_due_for_deletion(now, limit=SWEEP_BATCH_KEYS_MAX)
+
+    async def delete_if_due(self, key_id: str) -> bool:
+        """Delete ``key_id`` if it is still due; False if it is not (cancelled, gone)."""
+        now = self._clock.now()
+        async with self._store.write() as tx:
+            key = await tx.get_key(key_id)
+            # The key may have been cancelled between the scan and this transaction.
+            if (
+                key is None
+                or key.state is not KeyState.PENDING_DELETION
+                or key.deletion_date is None
+                or key.deletion_date > now
+            ):
+                return False
+            # A multi-Region primary with live replicas, or a region holding the only copy
+            # of a key version, waits (server/domain/multi_region_service.py).
+            if (
+                key.multi_region
+                and self.multi_region is not None
+                and not await self.multi_region.before_delete(tx, key)
+            ):
+                return False
+            await tx.delete_key(key_id)
+        self._materials.forget_key(key_id)
+        return True
+
+    async def _multi_region_state_changed(self, tx: KeyWriter, key: Key) -> None:
+        """A multi-Region key's own state changed: its peers learn it through the log."""
+        if key.multi_region and self.multi_region is not None:
+            await self.multi_region.key_state_changed(tx, key)
 
     # ---- cryptographic operations ---------------------------------------------------
 
@@ -302,6 +378,11 @@ class KeyService:
         algorithm = _symmetric_algorithm(encryption_algorithm)
         key = await self._resolve(self._store.reader, key_id)
         self._require_usable_for_encryption(key, algorithm)
+        if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+            rsa = await self.key_types.rsa.encrypt(
+                key, plaintext=plaintext, encryption_context=encryption_context, algorithm=algorithm
+            )
+            return EncryptResult(rsa.data, rsa.key_arn, rsa.key_material_id)
         material = await self._material(key, key.current_material_id)
         blob = blob_recipe.seal(
             material,
@@ -326,6 +407,19 @@ class KeyService:
         validate_encryption_context(encryption_context)
         validation.validate_grant_tokens(grant_tokens)
         algorithm = _symmetric_algorithm(encryption_algorithm)
+        if algorithm is not EncryptionAlgorithm.SYMMETRIC_DEFAULT:
+            # Asymmetric ciphertext names no key; the caller names it (rsa_encryption.py).
+            if not 1 <= len(ciphertext_blob) <= blob_recipe.BLOB_BYTES_MAX:
+                raise ValidationException(
+                    f"CiphertextBlob must be 1 to {blob_recipe.BLOB_BYTES_MAX} bytes"
+                )
+            rsa = await self.key_types.rsa.decrypt(
+                key_id,
+                ciphertext_blob=ciphertext_blob,
+                encryption_context=encryption_context,
+                algorithm=algorithm,
+            )
+            return DecryptResult(rsa.data, rsa.key_arn, rsa.key_material_id)
         key, material_id, material = await self._key_for_ciphertext(ciphertext_blob, key_id)
         self._require_usable_for_encryption(key, algorithm)
         plaintext = blob_recipe.open_blob(
@@ -514,6 +608,45 @@ class KeyService:
             tags = [tag for tag in tags if tag.tag_key > after]
         return _page(tags[: page_size + 1], page_size, "tags", lambda tag: tag.tag_key)
 
+    # ---- helpers shared with the modules that extend the service (key_types.py) ------
+
+    @property
+    def store(self) -> KeyStore:
+        return self._store
+
+    @property
+    def root_key(self) -> RootKeyProvider:
+        return self._root_key
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def randbytes(self, count: int) -> bytes:
+        return self._randbytes(count)
+
+    async def resolve_key(self, repository: KeyRepository, key_id: str) -> Key:
+        """The key a KeyId parameter names: key id, key ARN, alias name or alias ARN."""
+        return await self._resolve(repository, key_id)
+
+    async def key_material(self, key: Key, material_id: bytes) -> bytes:
+        """One version's unwrapped material, through the cache."""
+        return await self._material(key, material_id)
+
+    def remember_material(self, key_id: str, material_id: bytes, material: bytes) -> None:
+        self._materials.put(key_id, material_id, material)
+
+    def forget_materials(self, key_id: str) -> None:
+        """Drop a key's cached material (its material was deleted or expired)."""
+        self._materials.forget_key(key_id)
+
+    def require_usable(self, key: Key) -> None:
+        """The key's state must allow cryptographic operations (AWS's key-state table)."""
+        if key.state is KeyState.DISABLED:
+            raise DisabledException(f"{key.arn} is disabled.")
+        if key.state not in CRYPTO_USABLE_STATES:
+            raise KMSInvalidStateException(f"{key.arn} is {_state_phrase(key.state)}.")
+
     # ---- helpers ----------------------------------------------------------------------
 
     async def _resolve(self, repository: KeyRepository, key_id: str) -> Key:
@@ -587,6 +720,8 @@ class KeyService:
         if key is None:
             raise InvalidCiphertextException()
         key.check_invariants()
+        # A key whose imported material is gone says so before the version is looked up.
+        self.require_usable(key)
         material = await self._material(key, header.key_material_id)
         return key, header.key_material_id, material
 
@@ -613,12 +748,8 @@ class KeyService:
                 f"{key.arn} key usage is {key.key_usage.value} which is not valid for this "
                 "operation"
             )
-        if key.key_spec is KeySpec.SYMMETRIC_DEFAULT and (
-            algorithm is not EncryptionAlgorithm.SYMMETRIC_DEFAULT
-        ):
-            raise InvalidKeyUsageException(
-                f"The encryption algorithm {algorithm.value} is not valid for {key.arn}"
-            )
+        # SYMMETRIC_DEFAULT keys take SYMMETRIC_DEFAULT only, RSA keys RSAES_OAEP_* only.
+        require_encryption_algorithm(key, algorithm)
 
 
 def _material_aad(key_id: str, material_id: bytes) -> bytes:
@@ -701,3 +832,10 @@ def _page(items: list[T], page_size: int, list_name: str, name_of: Callable[[T],
         page = items[:page_size]
         return Page(page, make_marker(list_name, name_of(page[-1])), True)
     return Page(items, "", False)
+
+
+# Public names of helpers the modules that extend the service share (key_types.py).
+material_aad = _material_aad
+require_state = _require_state
+state_phrase = _state_phrase
+page = _page

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from meridian.server.domain.access.policy import parse_key_policy
 from meridian.server.domain.errors import (
     LimitExceededException,
-    MalformedPolicyDocumentException,
     TagException,
     ValidationException,
 )
@@ -70,21 +70,13 @@ def validate_limit(limit: int | None) -> int:
 
 
 def validate_policy_document(policy: str) -> None:
-    """A key policy must be a JSON object of at most 32 KB.
+    """A key policy must be a well-formed policy of at most 32 KB.
 
-    Evaluating it is the access-control layer's job; here we only refuse what can
-    never be a policy, so nothing unparseable is stored.
+    The policy language lives in ``domain/access/policy.py``: a document is parsed
+    completely, so nothing that could not be evaluated is ever stored, and a malformed
+    one is refused with a MalformedPolicyDocumentException that says what is wrong.
     """
-    if len(policy.encode("utf-8", "surrogatepass")) > POLICY_BYTES_MAX:
-        raise LimitExceededException(f"The key policy must be at most {POLICY_BYTES_MAX} bytes")
-    try:
-        document = json.loads(policy)
-    except (ValueError, RecursionError) as error:
-        raise MalformedPolicyDocumentException("The key policy is not valid JSON") from error
-    if not isinstance(document, dict) or "Statement" not in document:
-        raise MalformedPolicyDocumentException(
-            "The key policy must be a JSON object with a Statement"
-        )
+    parse_key_policy(policy)
 
 
 def default_key_policy(account_id: str) -> str:

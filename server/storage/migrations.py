@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import aiosqlite
 
+from meridian.server.storage.access_key_schema import ACCESS_KEY_SCHEMA
+from meridian.server.storage.access_schema import ACCESS_SCHEMA
+from meridian.server.storage.audit_schema import AUDIT_SCHEMA
+from meridian.server.storage.idempotency import IDEMPOTENCY_SCHEMA
+from meridian.server.storage.key_material_schema import KEY_MATERIAL_SCHEMA
+from meridian.server.storage.replication_schema import REPLICATION_SCHEMA
+
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         1,
@@ -53,6 +60,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ) STRICT, WITHOUT ROWID;
         """,
     ),
+    # 2: multi-Region keys and the replication log (replication/DESIGN.md).
+    (2, REPLICATION_SCHEMA),
+    # 3: key types, rotation and imported material (docs/key-types.md).
+    (3, KEY_MATERIAL_SCHEMA),
+    # 4: access control's grants and identity policies (server/domain/access/DESIGN.md).
+    (4, ACCESS_SCHEMA),
+    # 5: the audit trail, its digests and the usage counters (server/audit/DESIGN.md).
+    (5, AUDIT_SCHEMA),
+    # 7: the SDK's idempotency tokens (server/storage/idempotency.py).
+    (7, IDEMPOTENCY_SCHEMA),
+    # 8: the AWS endpoint's access keys (server/gateway/DESIGN.md).
+    (8, ACCESS_KEY_SCHEMA),
 )
 
 
@@ -61,11 +80,14 @@ async def apply_migrations(connection: aiosqlite.Connection) -> int:
     await connection.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY) STRICT"
     )
-    async with connection.execute("SELECT MAX(version) FROM schema_migrations") as cursor:
-        row = await cursor.fetchone()
-    current = int(row[0]) if row and row[0] is not None else 0
-    for version, script in MIGRATIONS:
-        if version <= current:
+    async with connection.execute("SELECT version FROM schema_migrations") as cursor:
+        applied = {int(row[0]) for row in await cursor.fetchall()}
+    current = max(applied, default=0)
+    # Sorted: features add their reserved numbers in parallel, in any order in the tuple.
+    # A reserved number that lands after a higher one (a database made in between) is
+    # still applied: what counts is the set applied, not the highest.
+    for version, script in sorted(MIGRATIONS):
+        if version in applied:
             continue
         # executescript would COMMIT on its own; run statement by statement inside one
         # explicit transaction so that a crash leaves either all or none of a migration.
@@ -80,7 +102,7 @@ async def apply_migrations(connection: aiosqlite.Connection) -> int:
         except BaseException:
             await connection.execute("ROLLBACK")
             raise
-        current = version
+        current = max(current, version)
     return current
 
 

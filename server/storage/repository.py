@@ -111,6 +111,11 @@ class SqliteRepository:
         self._db = connection
         self._key_cache = key_cache
 
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The connection (and so the transaction) other features' repositories share."""
+        return self._db
+
     async def _one(self, sql: str, parameters: Sequence[Any]) -> Any:
         async with self._db.execute(sql, parameters) as cursor:
             return await cursor.fetchone()
@@ -201,7 +206,7 @@ class SqliteRepository:
 class SqliteWriter(SqliteRepository):
     """The write half; used only inside ``SqliteStore.write()``'s transaction."""
 
-    async def insert_key(self, key: Key, version: KeyVersion) -> None:
+    async def insert_key(self, key: Key, version: KeyVersion | None) -> None:
         await self._db.execute(
             f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES "
             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -224,6 +229,8 @@ class SqliteWriter(SqliteRepository):
                 key.revision,
             ),
         )
+        if version is None:  # an EXTERNAL key, created without material
+            return
         await self._db.execute(
             "INSERT INTO key_versions (key_id, material_id, created_at_us, wrapped_material) "
             "VALUES (?, ?, ?, ?)",

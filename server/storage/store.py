@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from meridian.server.storage.idempotency import reserve_pending_token
 from meridian.server.storage.migrations import apply_migrations
 from meridian.server.storage.repository import KeyCache, SqliteRepository, SqliteWriter
 
@@ -64,6 +65,8 @@ class SqliteStore:
             await self._writer_connection.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
+                # A retried call's idempotency token commits with the change it guards.
+                token = await reserve_pending_token(self._writer_connection)
             except BaseException:
                 await self._writer_connection.execute("ROLLBACK")
                 raise
@@ -78,6 +81,14 @@ class SqliteStore:
             finally:
                 # Only now: until the commit, readers must keep seeing the old rows.
                 self._key_cache.invalidate()
+            if token is not None:
+                token.reserved = True
+
+    @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction for a feature's own tables, as ``write()`` makes it."""
+        async with self.write():
+            yield self._writer_connection
 
     async def close(self) -> None:
         await self._reader_connection.close()

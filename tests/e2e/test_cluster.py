@@ -81,11 +81,18 @@ def test_lifecycle_up_status_kill_start_down(cluster_dir: Path) -> None:
         assert entry["log"] == str(root / "regions" / region / "node.log")
         config = tomllib.loads(Path(entry["config"]).read_text())
         assert config["region"] == region
-        assert config["listen"] == entry["endpoint"]
+        # Clients reach the region through its link proxy, on the region's own address.
+        assert config["listen"] == entry["direct_endpoint"] != entry["endpoint"]
+        assert entry["direct_endpoint"].rpartition(":")[0] == host
         assert (Path(entry["config"]).parent / config["tls"]["key"]).resolve() == (
             root / "pki" / "nodes" / f"{region}.key"
         )
         assert [peer["region"] for peer in config["peers"]] == [r for r in REGIONS if r != region]
+        # Peers dial each other through the proxy of their link.
+        assert {peer["region"]: peer["endpoint"] for peer in config["peers"]} == entry[
+            "peer_endpoints"
+        ]
+    assert _running(document["proxy"]["pid"])
     assert _health(cluster_dir) == {"us-east-1": "SERVING", "eu-west-1": "SERVING"}
 
     with pytest.raises(cluster.ClusterError) as running:
@@ -110,16 +117,18 @@ def test_lifecycle_up_status_kill_start_down(cluster_dir: Path) -> None:
         cluster.kill(cluster_dir, "ap-south-1")
 
     # The restarted node must come back on the port its peers know; a squatter is named.
-    endpoint = spec.regions["eu-west-1"].endpoint
+    endpoint = spec.regions["eu-west-1"].direct_endpoint
     host, _, port = endpoint.rpartition(":")
     with socket.socket() as squatter:
+        # Connections of the killed node may linger in TIME_WAIT on the port.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind((host, int(port)))
         squatter.listen()
         with pytest.raises(cluster.ClusterError, match=f"port {endpoint} .* is in use"):
             cluster.start(cluster_dir, "eu-west-1")
 
     restarted = cluster.start(cluster_dir, "eu-west-1")
-    assert restarted.regions["eu-west-1"].endpoint == endpoint
+    assert restarted.regions["eu-west-1"].direct_endpoint == endpoint
     assert _health(cluster_dir) == {"us-east-1": "SERVING", "eu-west-1": "SERVING"}
     with pytest.raises(cluster.ClusterError, match="region eu-west-1 is already running"):
         cluster.start(cluster_dir, "eu-west-1")
@@ -228,7 +237,8 @@ def test_command_line_up_status_down(cluster_dir: Path) -> None:
 
     table = _meridian("cluster", "status", "--dir", directory)
     assert table.returncode == 0, table.stderr
-    assert table.stdout.splitlines()[0].split() == ["REGION", "PID", "ALIVE", "HEALTH", "ENDPOINT"]
+    header = table.stdout.splitlines()[0].split()
+    assert header == ["REGION", "PID", "ALIVE", "HEALTH", "ENDPOINT", "KEYS", "REPLICATION", "LAG"]
 
     again = _meridian("cluster", "up", "--regions", ",".join(REGIONS), "--dir", directory)
     assert again.returncode == 1

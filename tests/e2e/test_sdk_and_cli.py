@@ -169,4 +169,9 @@ def test_demo_script_runs_end_to_end(tmp_path: Path) -> None:
     assert "decrypted:  '4111 1111 1111 1111'" in result.stdout
     assert "wrong context -> InvalidCiphertextException" in result.stdout
     assert "hello from the command line" in result.stdout
+    # The multi-region part (scripts/demo_steps.py): geography, a lost region, status.
+    assert "client<->eu-west-1               39 ms +/- 2 ms" in result.stdout
+    assert "   killed us-east-1 (pid " in result.stdout
+    assert "   us-east-1 started again on its data" in result.stdout
+    assert "link proxy: running (pid " in result.stdout
     assert "Done" in result.stdout

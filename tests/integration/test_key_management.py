@@ -39,16 +39,22 @@ async def test_create_key_metadata_follows_aws(running_node) -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"key_spec": "RSA_2048"}, "UnsupportedOperationException"),
+        # Specs the cryptography package cannot serve (docs/key-types.md).
+        ({"key_spec": "SM2", "key_usage": "SIGN_VERIFY"}, "UnsupportedOperationException"),
+        ({"key_spec": "ML_KEM_512"}, "UnsupportedOperationException"),
         ({"key_spec": "NOT_A_SPEC"}, "ValidationException"),
         ({"key_usage": "SIGN_VERIFY"}, "ValidationException"),
         (
             {"key_spec": "SYMMETRIC_DEFAULT", "customer_master_key_spec": "RSA_2048"},
             "ValidationException",
         ),
-        ({"origin": "EXTERNAL"}, "UnsupportedOperationException"),
+        ({"origin": "AWS_CLOUDHSM"}, "UnsupportedOperationException"),
         ({"origin": "NOWHERE"}, "ValidationException"),
-        ({"multi_region": True}, "UnsupportedOperationException"),
+        # Multi-Region keys are symmetric (AWS_KMS) only for now (replication/DESIGN.md).
+        (
+            {"multi_region": True, "key_spec": "HMAC_256", "key_usage": "GENERATE_VERIFY_MAC"},
+            "UnsupportedOperationException",
+        ),
         ({"description": "x" * 8193}, "ValidationException"),
         ({"policy": "not json"}, "MalformedPolicyDocumentException"),
         ({"tags": [pb.Tag(tag_key="aws:reserved", tag_value="v")]}, "TagException"),

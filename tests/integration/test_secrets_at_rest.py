@@ -12,9 +12,13 @@ async def test_material_and_plaintext_are_not_stored_or_logged(running_node, cap
     key_id = (await stub.CreateKey(pb.CreateKeyRequest())).key_metadata.key_id
     plaintext = b"PLAINTEXT-MARKER-4111111111111111"
     await stub.Encrypt(pb.EncryptRequest(key_id=key_id, plaintext=plaintext))
-    data_key = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256"))
+    data_key = await stub.GenerateDataKey(
+        pb.GenerateDataKeyRequest(key_id=key_id, key_spec="AES_256")
+    )
     service = running_node.node.service
-    materials = [material for (kid, _), material in service._materials._entries.items() if kid == key_id]
+    materials = [
+        material for (kid, _), material in service._materials._entries.items() if kid == key_id
+    ]
     assert len(materials) == 1
     secrets = [materials[0], plaintext, data_key.plaintext]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_client_support import FakeCluster, FakeError, async_cluster, sync_cluster
+from test_client_support import NO_RETRY, FakeCluster, FakeError, async_cluster, sync_cluster
 
 from meridian.client import errors
 from meridian.client.errors import (
@@ -115,7 +115,7 @@ def test_sync_error(
     cluster: FakeCluster, sent: FakeError, expected: type[KmsError], reason: str
 ) -> None:
     cluster[HOME].fail_next = sent
-    with cluster.sync_client() as client, pytest.raises(KmsError) as caught:
+    with cluster.sync_client(routing=NO_RETRY) as client, pytest.raises(KmsError) as caught:
         client.describe_key(key_id="k")
     _check(caught.value, sent, expected, reason)
     # The grpc error stays attached for debugging.
@@ -127,7 +127,7 @@ async def test_async_error(
     aio_cluster: FakeCluster, sent: FakeError, expected: type[KmsError], reason: str
 ) -> None:
     aio_cluster[HOME].fail_next = sent
-    async with aio_cluster.async_client() as client:
+    async with aio_cluster.async_client(routing=NO_RETRY) as client:
         with pytest.raises(KmsError) as caught:
             await client.describe_key(key_id="k")
     _check(caught.value, sent, expected, reason)
@@ -180,7 +180,9 @@ def _dead_endpoint() -> dict[str, str]:
 
 def test_unreachable_region_is_service_unavailable() -> None:
     with (
-        FakeCluster(kms={}, endpoints=_dead_endpoint()).sync_client(timeout_s=5) as client,
+        FakeCluster(kms={}, endpoints=_dead_endpoint()).sync_client(
+            timeout_s=5, routing=NO_RETRY
+        ) as client,
         pytest.raises(ServiceUnavailableError) as caught,
     ):
         client.generate_random()
@@ -190,7 +192,9 @@ def test_unreachable_region_is_service_unavailable() -> None:
 
 
 async def test_async_unreachable_region_is_service_unavailable() -> None:
-    async with FakeCluster(kms={}, endpoints=_dead_endpoint()).async_client(timeout_s=5) as client:
+    async with FakeCluster(kms={}, endpoints=_dead_endpoint()).async_client(
+        timeout_s=5, routing=NO_RETRY
+    ) as client:
         with pytest.raises(ServiceUnavailableError) as caught:
             await client.generate_random()
     assert caught.value.code is Code.UNAVAILABLE

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import grpc.aio
 import pytest
-from test_client_support import FakeCluster, async_cluster, sync_cluster
+from test_client_support import QUIET_ROUTING, FakeCluster, async_cluster, sync_cluster
 
 from meridian.client import AsyncKmsClient, ClientClosedError, ClientConfigError, KmsClient
 from meridian.client.errors import UnknownRegionError
@@ -84,7 +84,7 @@ def test_secure_channel_settings() -> None:
 
 def test_channels_are_opened_lazily_once_per_region(cluster: FakeCluster) -> None:
     factory = RecordingFactory()
-    client = KmsClient(cluster.endpoints, channel_factory=factory)
+    client = KmsClient(cluster.endpoints, channel_factory=factory, routing=QUIET_ROUTING)
     assert factory.made == []
     client.generate_random()
     client.generate_random()
@@ -95,7 +95,12 @@ def test_channels_are_opened_lazily_once_per_region(cluster: FakeCluster) -> Non
 
 def test_close_closes_every_channel_and_forbids_calls(cluster: FakeCluster) -> None:
     factory = RecordingFactory()
-    client = KmsClient(cluster.endpoints, channel_factory=factory, preferred_region="eu-west-1")
+    client = KmsClient(
+        cluster.endpoints,
+        channel_factory=factory,
+        preferred_region="eu-west-1",
+        routing=QUIET_ROUTING,
+    )
     with client:
         client.generate_random()
         client.describe_key(key_id=cluster["us-east-1"].add_key().arn)
@@ -134,7 +139,9 @@ async def test_async_lifecycle() -> None:
         return made[-1]
 
     async with async_cluster() as cluster:
-        async with AsyncKmsClient(cluster.endpoints, channel_factory=factory) as client:
+        async with AsyncKmsClient(
+            cluster.endpoints, channel_factory=factory, routing=QUIET_ROUTING
+        ) as client:
             await client.generate_random()
             await client.generate_random()
         assert client.is_closed

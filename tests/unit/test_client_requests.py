@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
+from client_key_type_calls import KEY_TYPE_CALLS, KEY_TYPE_PRESENCE
+from client_usage_calls import USAGE_CALLS
 from test_client_support import FakeCluster, async_cluster, sync_cluster
 
 from meridian.client import AsyncKmsClient, KmsClient, ServiceUnavailableError, Tag
@@ -213,6 +215,140 @@ CALLS: list[tuple[str, dict[str, Any], str, Any]] = [
         "ListResourceTags",
         pb.ListResourceTagsRequest(key_id="k1", limit=3),
     ),
+    # ---- access control ----
+    (
+        "put_key_policy",
+        {"key_id": "k1", "policy": "{}", "bypass_policy_lockout_safety_check": True},
+        "PutKeyPolicy",
+        pb.PutKeyPolicyRequest(key_id="k1", policy="{}", bypass_policy_lockout_safety_check=True),
+    ),
+    (
+        "get_key_policy",
+        {"key_id": "k1", "policy_name": "default"},
+        "GetKeyPolicy",
+        pb.GetKeyPolicyRequest(key_id="k1", policy_name="default"),
+    ),
+    (
+        "list_key_policies",
+        {"key_id": "k1", "limit": 5},
+        "ListKeyPolicies",
+        pb.ListKeyPoliciesRequest(key_id="k1", limit=5),
+    ),
+    (
+        "create_grant",
+        {
+            "key_id": "k1",
+            "grantee_principal": "arn:meridian:iam::111122223333:user/bob",
+            "operations": ["Decrypt", "Encrypt"],
+            "constraints": {"EncryptionContextSubset": CONTEXT},
+            "name": "batch",
+        },
+        "CreateGrant",
+        pb.CreateGrantRequest(
+            key_id="k1",
+            grantee_principal="arn:meridian:iam::111122223333:user/bob",
+            operations=["Decrypt", "Encrypt"],
+            constraints=pb.GrantConstraints(encryption_context_subset=CONTEXT),
+            name="batch",
+        ),
+    ),
+    (
+        "list_grants",
+        {"key_id": "k1", "grantee_principal": "arn:meridian:iam::111122223333:user/bob"},
+        "ListGrants",
+        pb.ListGrantsRequest(
+            key_id="k1", grantee_principal="arn:meridian:iam::111122223333:user/bob"
+        ),
+    ),
+    (
+        "list_retirable_grants",
+        {"retiring_principal": "arn:meridian:iam::111122223333:user/ops", "limit": 2},
+        "ListRetirableGrants",
+        pb.ListRetirableGrantsRequest(
+            retiring_principal="arn:meridian:iam::111122223333:user/ops", limit=2
+        ),
+    ),
+    (
+        "retire_grant",
+        {"grant_token": "token"},
+        "RetireGrant",
+        pb.RetireGrantRequest(grant_token="token"),
+    ),
+    (
+        "revoke_grant",
+        {"key_id": "k1", "grant_id": "g1"},
+        "RevokeGrant",
+        pb.RevokeGrantRequest(key_id="k1", grant_id="g1"),
+    ),
+    (
+        "put_user_policy",
+        {"user_name": "bob", "policy_name": "p", "policy_document": "{}"},
+        "PutUserPolicy",
+        pb.PutUserPolicyRequest(user_name="bob", policy_name="p", policy_document="{}"),
+    ),
+    (
+        "get_user_policy",
+        {"user_name": "bob", "policy_name": "p"},
+        "GetUserPolicy",
+        pb.GetUserPolicyRequest(user_name="bob", policy_name="p"),
+    ),
+    (
+        "list_user_policies",
+        {"user_name": "bob", "max_items": 10},
+        "ListUserPolicies",
+        pb.ListUserPoliciesRequest(user_name="bob", max_items=10),
+    ),
+    (
+        "delete_user_policy",
+        {"user_name": "bob", "policy_name": "p"},
+        "DeleteUserPolicy",
+        pb.DeleteUserPolicyRequest(user_name="bob", policy_name="p"),
+    ),
+    (
+        "simulate_principal_policy",
+        {
+            "policy_source_arn": "arn:meridian:iam::111122223333:user/bob",
+            "action_names": ["kms:Decrypt"],
+            "resource_arns": ["k1"],
+            "context_entries": {"kms:EncryptionContext:tenant": "t1"},
+        },
+        "SimulatePrincipalPolicy",
+        pb.SimulatePrincipalPolicyRequest(
+            policy_source_arn="arn:meridian:iam::111122223333:user/bob",
+            action_names=["kms:Decrypt"],
+            resource_arns=["k1"],
+            context_entries=[
+                pb.ContextEntry(
+                    context_key_name="kms:EncryptionContext:tenant",
+                    context_key_values=["t1"],
+                    context_key_type="string",
+                )
+            ],
+        ),
+    ),
+]
+
+CALLS += KEY_TYPE_CALLS
+CALLS += USAGE_CALLS
+# Multi-Region keys (replication/DESIGN.md).
+CALLS += [
+    (
+        "replicate_key",
+        {"key_id": "k", "replica_region": "eu-west-1", "description": "d", "tags": {"a": "b"}},
+        "ReplicateKey",
+        pb.ReplicateKeyRequest(
+            key_id="k",
+            replica_region="eu-west-1",
+            description="d",
+            tags=[pb.Tag(tag_key="a", tag_value="b")],
+        ),
+    ),
+    (
+        "update_primary_region",
+        {"key_id": "k", "primary_region": "eu-west-1"},
+        "UpdatePrimaryRegion",
+        pb.UpdatePrimaryRegionRequest(key_id="k", primary_region="eu-west-1"),
+    ),
 ]
 
 # Optional proto3 fields: absent when the argument is omitted, present (even at
@@ -241,6 +377,7 @@ PRESENCE: list[tuple[str, dict[str, Any], str, str, Any]] = [
     ("list_aliases", {}, "ListAliases", "limit", None),
     ("list_resource_tags", {"key_id": "k"}, "ListResourceTags", "limit", None),
 ]
+PRESENCE += KEY_TYPE_PRESENCE
 
 
 @pytest.fixture

@@ -31,11 +31,17 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from meridian.client import AsyncKmsClient, KmsClient
+from meridian.client.options import RetryPolicy, RoutingOptions
 from meridian.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-south-1")
 ACCOUNT = "000000000000"
 CREATED = datetime(2024, 5, 1, 12, 30, 15, 250000, tzinfo=UTC)
+# No background health checks: a probe finishing mid-test would reorder the regions
+# a call may go to. Tests of routing pass their own RoutingOptions.
+QUIET_ROUTING = RoutingOptions(health_check_interval_s=None)
+# One attempt per call: for tests of what a single answer turns into.
+NO_RETRY = RoutingOptions(health_check_interval_s=None, retry=RetryPolicy(attempts_max=1))
 RPC_NAMES = tuple(kms_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].methods_by_name)
 
 
@@ -374,14 +380,14 @@ class FakeCluster:
         return KmsClient(
             self.endpoints,
             channel_factory=lambda _region, endpoint: grpc.insecure_channel(endpoint),
-            **options,
+            **{"routing": QUIET_ROUTING, **options},
         )
 
     def async_client(self, **options: Any) -> AsyncKmsClient:
         return AsyncKmsClient(
             self.endpoints,
             channel_factory=lambda _region, endpoint: grpc.aio.insecure_channel(endpoint),
-            **options,
+            **{"routing": QUIET_ROUTING, **options},
         )
 
 

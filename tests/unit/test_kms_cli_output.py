@@ -13,7 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
-from test_client_support import ACCOUNT, CREATED, FakeCluster, FakeError, sync_cluster
+from test_client_support import (
+    ACCOUNT,
+    CREATED,
+    NO_RETRY,
+    FakeCluster,
+    FakeError,
+    sync_cluster,
+)
 
 from meridian.cli import kms_cmd
 from meridian.cli.kms_cmd import EXIT_CONFIG, EXIT_OK, EXIT_SERVICE
@@ -38,10 +45,10 @@ def cluster() -> Iterator[FakeCluster]:
         yield running
 
 
-def _run(cluster: FakeCluster, *argv: str) -> Outcome:
+def _run(cluster: FakeCluster, *argv: str, **client_options: Any) -> Outcome:
     # The injected factory honours --region as the real one does (a pinned client).
     def factory(args: argparse.Namespace) -> KmsClient:
-        return cluster.sync_client(region=args.region)
+        return cluster.sync_client(region=args.region, **client_options)
 
     out, err = io.StringIO(), io.StringIO()
     code = kms_cmd.run(list(argv), client_factory=factory, stdout=out, stderr=err)
@@ -217,7 +224,9 @@ def test_service_error_message_and_exit_code(cluster: FakeCluster) -> None:
 
 def test_service_error_without_reason(cluster: FakeCluster) -> None:
     cluster[HOME].fail_next = FakeError(grpc.StatusCode.UNAVAILABLE, None, "going away")
-    outcome = _run(cluster, "generate-data-key-without-plaintext", "--key-id", "k")
+    outcome = _run(
+        cluster, "generate-data-key-without-plaintext", "--key-id", "k", routing=NO_RETRY
+    )
     assert outcome.code == EXIT_SERVICE
     assert outcome.err.startswith(
         "An error occurred (ServiceUnavailableError) when calling the "

@@ -1472,3 +1472,2205 @@ class ListResourceTagsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResourceTagsResponse: _TypeAlias = ListResourceTagsResponse  # noqa: Y015
+
+@_typing.final
+class PutKeyPolicyRequest(_message.Message):
+    """---- key policies ----------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    BYPASS_POLICY_LOCKOUT_SAFETY_CHECK_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    policy_name: _builtins.str
+    """"default" (the only name), or empty"""
+    policy: _builtins.str
+    bypass_policy_lockout_safety_check: _builtins.bool
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        bypass_policy_lockout_safety_check: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_policy_lockout_safety_check", b"bypass_policy_lockout_safety_check", "key_id", b"key_id", "policy", b"policy", "policy_name", b"policy_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutKeyPolicyRequest: _TypeAlias = PutKeyPolicyRequest  # noqa: Y015
+
+@_typing.final
+class PutKeyPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutKeyPolicyResponse: _TypeAlias = PutKeyPolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetKeyPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    policy_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "policy_name", b"policy_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyPolicyRequest: _TypeAlias = GetKeyPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    policy_name: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "policy_name", b"policy_name", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyPolicyResponse: _TypeAlias = GetKeyPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ListKeyPoliciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    limit: _builtins.int
+    marker: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        limit: _builtins.int | None = ...,
+        marker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "key_id", b"key_id", "limit", b"limit", "marker", b"marker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListKeyPoliciesRequest: _TypeAlias = ListKeyPoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListKeyPoliciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_NAMES_FIELD_NUMBER: _builtins.int
+    NEXT_MARKER_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    next_marker: _builtins.str
+    truncated: _builtins.bool
+    region: _builtins.str
+    @_builtins.property
+    def policy_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        policy_names: _abc.Iterable[_builtins.str] | None = ...,
+        next_marker: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_marker", b"next_marker", "policy_names", b"policy_names", "region", b"region", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKeyPoliciesResponse: _TypeAlias = ListKeyPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class GrantConstraints(_message.Message):
+    """---- grants ----------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextSubsetEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EncryptionContextEqualsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENCRYPTION_CONTEXT_SUBSET_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_EQUALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def encryption_context_subset(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def encryption_context_equals(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        encryption_context_subset: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        encryption_context_equals: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_context_equals", b"encryption_context_equals", "encryption_context_subset", b"encryption_context_subset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConstraints: _TypeAlias = GrantConstraints  # noqa: Y015
+
+@_typing.final
+class GrantListEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATION_DATE_FIELD_NUMBER: _builtins.int
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ISSUING_ACCOUNT_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    grant_id: _builtins.str
+    name: _builtins.str
+    grantee_principal: _builtins.str
+    retiring_principal: _builtins.str
+    issuing_account: _builtins.str
+    @_builtins.property
+    def creation_date(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def constraints(self) -> Global___GrantConstraints: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        creation_date: _timestamp_pb2.Timestamp | None = ...,
+        grantee_principal: _builtins.str = ...,
+        retiring_principal: _builtins.str = ...,
+        issuing_account: _builtins.str = ...,
+        operations: _abc.Iterable[_builtins.str] | None = ...,
+        constraints: Global___GrantConstraints | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "creation_date", b"creation_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "creation_date", b"creation_date", "grant_id", b"grant_id", "grantee_principal", b"grantee_principal", "issuing_account", b"issuing_account", "key_id", b"key_id", "name", b"name", "operations", b"operations", "retiring_principal", b"retiring_principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantListEntry: _TypeAlias = GrantListEntry  # noqa: Y015
+
+@_typing.final
+class CreateGrantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    grantee_principal: _builtins.str
+    retiring_principal: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def constraints(self) -> Global___GrantConstraints: ...
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        grantee_principal: _builtins.str = ...,
+        retiring_principal: _builtins.str = ...,
+        operations: _abc.Iterable[_builtins.str] | None = ...,
+        constraints: Global___GrantConstraints | None = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "grant_tokens", b"grant_tokens", "grantee_principal", b"grantee_principal", "key_id", b"key_id", "name", b"name", "operations", b"operations", "retiring_principal", b"retiring_principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantRequest: _TypeAlias = CreateGrantRequest  # noqa: Y015
+
+@_typing.final
+class CreateGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_TOKEN_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    grant_token: _builtins.str
+    grant_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_token: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "grant_token", b"grant_token", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantResponse: _TypeAlias = CreateGrantResponse  # noqa: Y015
+
+@_typing.final
+class ListGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    GRANTEE_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """1..100, default 50"""
+    marker: _builtins.str
+    key_id: _builtins.str
+    grant_id: _builtins.str
+    grantee_principal: _builtins.str
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int | None = ...,
+        marker: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+        grantee_principal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "grant_id", b"grant_id", "grantee_principal", b"grantee_principal", "key_id", b"key_id", "limit", b"limit", "marker", b"marker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListGrantsRequest: _TypeAlias = ListGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_MARKER_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    next_marker: _builtins.str
+    truncated: _builtins.bool
+    region: _builtins.str
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantListEntry]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___GrantListEntry] | None = ...,
+        next_marker: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "next_marker", b"next_marker", "region", b"region", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
+
+@_typing.final
+class ListRetirableGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    RETIRING_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    marker: _builtins.str
+    retiring_principal: _builtins.str
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int | None = ...,
+        marker: _builtins.str = ...,
+        retiring_principal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "marker", b"marker", "retiring_principal", b"retiring_principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListRetirableGrantsRequest: _TypeAlias = ListRetirableGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListRetirableGrantsResponse(_message.Message):
+    """AWS answers ListRetirableGrants with ListGrants's response shape."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_MARKER_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    next_marker: _builtins.str
+    truncated: _builtins.bool
+    region: _builtins.str
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantListEntry]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___GrantListEntry] | None = ...,
+        next_marker: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "next_marker", b"next_marker", "region", b"region", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRetirableGrantsResponse: _TypeAlias = ListRetirableGrantsResponse  # noqa: Y015
+
+@_typing.final
+class RetireGrantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_TOKEN_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    grant_token: _builtins.str
+    key_id: _builtins.str
+    grant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_token: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "grant_token", b"grant_token", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireGrantRequest: _TypeAlias = RetireGrantRequest  # noqa: Y015
+
+@_typing.final
+class RetireGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireGrantResponse: _TypeAlias = RetireGrantResponse  # noqa: Y015
+
+@_typing.final
+class RevokeGrantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    grant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        grant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantRequest: _TypeAlias = RevokeGrantRequest  # noqa: Y015
+
+@_typing.final
+class RevokeGrantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015
+
+@_typing.final
+class PutUserPolicyRequest(_message.Message):
+    """---- identity policies and simulation (AWS IAM shapes) --------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_DOCUMENT_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    policy_name: _builtins.str
+    policy_document: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+        policy_document: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_document", b"policy_document", "policy_name", b"policy_name", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutUserPolicyRequest: _TypeAlias = PutUserPolicyRequest  # noqa: Y015
+
+@_typing.final
+class PutUserPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutUserPolicyResponse: _TypeAlias = PutUserPolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetUserPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    policy_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_name", b"policy_name", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserPolicyRequest: _TypeAlias = GetUserPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetUserPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_DOCUMENT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    policy_name: _builtins.str
+    policy_document: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+        policy_document: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_document", b"policy_document", "policy_name", b"policy_name", "region", b"region", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserPolicyResponse: _TypeAlias = GetUserPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ListUserPoliciesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    marker: _builtins.str
+    max_items: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        marker: _builtins.str = ...,
+        max_items: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_items", b"_max_items", "max_items", b"max_items"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_items", b"_max_items", "marker", b"marker", "max_items", b"max_items", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_items: _TypeAlias = _typing.Literal["max_items"]  # noqa: Y015
+    _WhichOneofArgType__max_items: _TypeAlias = _typing.Literal["_max_items", b"_max_items"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_items) -> _WhichOneofReturnType__max_items | None: ...
+
+Global___ListUserPoliciesRequest: _TypeAlias = ListUserPoliciesRequest  # noqa: Y015
+
+@_typing.final
+class ListUserPoliciesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_NAMES_FIELD_NUMBER: _builtins.int
+    IS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    is_truncated: _builtins.bool
+    marker: _builtins.str
+    region: _builtins.str
+    @_builtins.property
+    def policy_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        policy_names: _abc.Iterable[_builtins.str] | None = ...,
+        is_truncated: _builtins.bool = ...,
+        marker: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_truncated", b"is_truncated", "marker", b"marker", "policy_names", b"policy_names", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserPoliciesResponse: _TypeAlias = ListUserPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteUserPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    POLICY_NAME_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    policy_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        policy_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_name", b"policy_name", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserPolicyRequest: _TypeAlias = DeleteUserPolicyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteUserPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserPolicyResponse: _TypeAlias = DeleteUserPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ContextEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_KEY_NAME_FIELD_NUMBER: _builtins.int
+    CONTEXT_KEY_VALUES_FIELD_NUMBER: _builtins.int
+    CONTEXT_KEY_TYPE_FIELD_NUMBER: _builtins.int
+    context_key_name: _builtins.str
+    context_key_type: _builtins.str
+    """string, stringList, numeric, boolean, date, ip, ..."""
+    @_builtins.property
+    def context_key_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        context_key_name: _builtins.str = ...,
+        context_key_values: _abc.Iterable[_builtins.str] | None = ...,
+        context_key_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_key_name", b"context_key_name", "context_key_type", b"context_key_type", "context_key_values", b"context_key_values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextEntry: _TypeAlias = ContextEntry  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_POLICY_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_POLICY_TYPE_FIELD_NUMBER: _builtins.int
+    SID_FIELD_NUMBER: _builtins.int
+    source_policy_id: _builtins.str
+    """"default" (the key policy), an identity policy's name, or grant/<id>"""
+    source_policy_type: _builtins.str
+    """resource (key policy, grant) | user (identity policy)"""
+    sid: _builtins.str
+    """Meridian: the statement's Sid (or the grant's name or id)"""
+    def __init__(
+        self,
+        *,
+        source_policy_id: _builtins.str = ...,
+        source_policy_type: _builtins.str = ...,
+        sid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sid", b"sid", "source_policy_id", b"source_policy_id", "source_policy_type", b"source_policy_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
+class EvaluationResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_ACTION_NAME_FIELD_NUMBER: _builtins.int
+    EVAL_RESOURCE_NAME_FIELD_NUMBER: _builtins.int
+    EVAL_DECISION_FIELD_NUMBER: _builtins.int
+    MATCHED_STATEMENTS_FIELD_NUMBER: _builtins.int
+    MISSING_CONTEXT_VALUES_FIELD_NUMBER: _builtins.int
+    eval_action_name: _builtins.str
+    eval_resource_name: _builtins.str
+    eval_decision: _builtins.str
+    """allowed | explicitDeny | implicitDeny"""
+    @_builtins.property
+    def matched_statements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Statement]: ...
+    @_builtins.property
+    def missing_context_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        eval_action_name: _builtins.str = ...,
+        eval_resource_name: _builtins.str = ...,
+        eval_decision: _builtins.str = ...,
+        matched_statements: _abc.Iterable[Global___Statement] | None = ...,
+        missing_context_values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_action_name", b"eval_action_name", "eval_decision", b"eval_decision", "eval_resource_name", b"eval_resource_name", "matched_statements", b"matched_statements", "missing_context_values", b"missing_context_values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationResult: _TypeAlias = EvaluationResult  # noqa: Y015
+
+@_typing.final
+class SimulatePrincipalPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_SOURCE_ARN_FIELD_NUMBER: _builtins.int
+    ACTION_NAMES_FIELD_NUMBER: _builtins.int
+    RESOURCE_ARNS_FIELD_NUMBER: _builtins.int
+    CONTEXT_ENTRIES_FIELD_NUMBER: _builtins.int
+    policy_source_arn: _builtins.str
+    @_builtins.property
+    def action_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def resource_arns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def context_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextEntry]: ...
+    def __init__(
+        self,
+        *,
+        policy_source_arn: _builtins.str = ...,
+        action_names: _abc.Iterable[_builtins.str] | None = ...,
+        resource_arns: _abc.Iterable[_builtins.str] | None = ...,
+        context_entries: _abc.Iterable[Global___ContextEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_names", b"action_names", "context_entries", b"context_entries", "policy_source_arn", b"policy_source_arn", "resource_arns", b"resource_arns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulatePrincipalPolicyRequest: _TypeAlias = SimulatePrincipalPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SimulatePrincipalPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_RESULTS_FIELD_NUMBER: _builtins.int
+    IS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    is_truncated: _builtins.bool
+    region: _builtins.str
+    @_builtins.property
+    def evaluation_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationResult]: ...
+    def __init__(
+        self,
+        *,
+        evaluation_results: _abc.Iterable[Global___EvaluationResult] | None = ...,
+        is_truncated: _builtins.bool = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_results", b"evaluation_results", "is_truncated", b"is_truncated", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimulatePrincipalPolicyResponse: _TypeAlias = SimulatePrincipalPolicyResponse  # noqa: Y015
+
+@_typing.final
+class KeyLastUsageData(_message.Message):
+    """---- usage tracking (docs/audit.md) -----------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    CLOUD_TRAIL_EVENT_ID_FIELD_NUMBER: _builtins.int
+    KMS_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    operation: _builtins.str
+    cloud_trail_event_id: _builtins.str
+    """the audit record's eventID"""
+    kms_request_id: _builtins.str
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        operation: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        cloud_trail_event_id: _builtins.str = ...,
+        kms_request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud_trail_event_id", b"cloud_trail_event_id", "kms_request_id", b"kms_request_id", "operation", b"operation", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyLastUsageData: _TypeAlias = KeyLastUsageData  # noqa: Y015
+
+@_typing.final
+class GetKeyLastUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyLastUsageRequest: _TypeAlias = GetKeyLastUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyLastUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_LAST_USAGE_FIELD_NUMBER: _builtins.int
+    TRACKING_START_DATE_FIELD_NUMBER: _builtins.int
+    KEY_CREATION_DATE_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """key ARN"""
+    region: _builtins.str
+    @_builtins.property
+    def key_last_usage(self) -> Global___KeyLastUsageData:
+        """unset: no successful crypto use since tracking began"""
+
+    @_builtins.property
+    def tracking_start_date(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def key_creation_date(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_last_usage: Global___KeyLastUsageData | None = ...,
+        tracking_start_date: _timestamp_pb2.Timestamp | None = ...,
+        key_creation_date: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_creation_date", b"key_creation_date", "key_last_usage", b"key_last_usage", "tracking_start_date", b"tracking_start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_creation_date", b"key_creation_date", "key_id", b"key_id", "key_last_usage", b"key_last_usage", "region", b"region", "tracking_start_date", b"tracking_start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyLastUsageResponse: _TypeAlias = GetKeyLastUsageResponse  # noqa: Y015
+
+@_typing.final
+class SignRequest(_message.Message):
+    """---- asymmetric, HMAC and post-quantum keys (docs/key-types.md) -------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    SIGNING_ALGORITHM_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    message: _builtins.bytes
+    message_type: _builtins.str
+    """RAW (default) | DIGEST | EXTERNAL_MU"""
+    signing_algorithm: _builtins.str
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        message: _builtins.bytes = ...,
+        message_type: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+        signing_algorithm: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_id", b"key_id", "message", b"message", "message_type", b"message_type", "signing_algorithm", b"signing_algorithm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignRequest: _TypeAlias = SignRequest  # noqa: Y015
+
+@_typing.final
+class SignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_ALGORITHM_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """key ARN"""
+    signature: _builtins.bytes
+    signing_algorithm: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        signing_algorithm: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "region", b"region", "signature", b"signature", "signing_algorithm", b"signing_algorithm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignResponse: _TypeAlias = SignResponse  # noqa: Y015
+
+@_typing.final
+class VerifyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_ALGORITHM_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    message: _builtins.bytes
+    message_type: _builtins.str
+    signature: _builtins.bytes
+    signing_algorithm: _builtins.str
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        message: _builtins.bytes = ...,
+        message_type: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        signing_algorithm: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_id", b"key_id", "message", b"message", "message_type", b"message_type", "signature", b"signature", "signing_algorithm", b"signing_algorithm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyRequest: _TypeAlias = VerifyRequest  # noqa: Y015
+
+@_typing.final
+class VerifyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_VALID_FIELD_NUMBER: _builtins.int
+    SIGNING_ALGORITHM_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    signature_valid: _builtins.bool
+    signing_algorithm: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        signature_valid: _builtins.bool = ...,
+        signing_algorithm: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "region", b"region", "signature_valid", b"signature_valid", "signing_algorithm", b"signing_algorithm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyResponse: _TypeAlias = VerifyResponse  # noqa: Y015
+
+@_typing.final
+class GetPublicKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPublicKeyRequest: _TypeAlias = GetPublicKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetPublicKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CUSTOMER_MASTER_KEY_SPEC_FIELD_NUMBER: _builtins.int
+    KEY_SPEC_FIELD_NUMBER: _builtins.int
+    KEY_USAGE_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_ALGORITHMS_FIELD_NUMBER: _builtins.int
+    SIGNING_ALGORITHMS_FIELD_NUMBER: _builtins.int
+    KEY_AGREEMENT_ALGORITHMS_FIELD_NUMBER: _builtins.int
+    ENCAPSULATION_ALGORITHMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    public_key: _builtins.bytes
+    """DER SubjectPublicKeyInfo"""
+    customer_master_key_spec: _builtins.str
+    key_spec: _builtins.str
+    key_usage: _builtins.str
+    region: _builtins.str
+    @_builtins.property
+    def encryption_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def signing_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def key_agreement_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def encapsulation_algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        customer_master_key_spec: _builtins.str = ...,
+        key_spec: _builtins.str = ...,
+        key_usage: _builtins.str = ...,
+        encryption_algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        signing_algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        key_agreement_algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        encapsulation_algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_master_key_spec", b"customer_master_key_spec", "encapsulation_algorithms", b"encapsulation_algorithms", "encryption_algorithms", b"encryption_algorithms", "key_agreement_algorithms", b"key_agreement_algorithms", "key_id", b"key_id", "key_spec", b"key_spec", "key_usage", b"key_usage", "public_key", b"public_key", "region", b"region", "signing_algorithms", b"signing_algorithms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPublicKeyResponse: _TypeAlias = GetPublicKeyResponse  # noqa: Y015
+
+@_typing.final
+class GenerateMacRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    MAC_ALGORITHM_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    message: _builtins.bytes
+    key_id: _builtins.str
+    mac_algorithm: _builtins.str
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        message: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        mac_algorithm: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_id", b"key_id", "mac_algorithm", b"mac_algorithm", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateMacRequest: _TypeAlias = GenerateMacRequest  # noqa: Y015
+
+@_typing.final
+class GenerateMacResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAC_FIELD_NUMBER: _builtins.int
+    MAC_ALGORITHM_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    mac: _builtins.bytes
+    mac_algorithm: _builtins.str
+    key_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        mac: _builtins.bytes = ...,
+        mac_algorithm: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "mac", b"mac", "mac_algorithm", b"mac_algorithm", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateMacResponse: _TypeAlias = GenerateMacResponse  # noqa: Y015
+
+@_typing.final
+class VerifyMacRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    MAC_ALGORITHM_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    message: _builtins.bytes
+    key_id: _builtins.str
+    mac_algorithm: _builtins.str
+    mac: _builtins.bytes
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        message: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        mac_algorithm: _builtins.str = ...,
+        mac: _builtins.bytes = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_id", b"key_id", "mac", b"mac", "mac_algorithm", b"mac_algorithm", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyMacRequest: _TypeAlias = VerifyMacRequest  # noqa: Y015
+
+@_typing.final
+class VerifyMacResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    MAC_VALID_FIELD_NUMBER: _builtins.int
+    MAC_ALGORITHM_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    mac_valid: _builtins.bool
+    mac_algorithm: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        mac_valid: _builtins.bool = ...,
+        mac_algorithm: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "mac_algorithm", b"mac_algorithm", "mac_valid", b"mac_valid", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyMacResponse: _TypeAlias = VerifyMacResponse  # noqa: Y015
+
+@_typing.final
+class DeriveSharedSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_AGREEMENT_ALGORITHM_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_agreement_algorithm: _builtins.str
+    """ECDH"""
+    public_key: _builtins.bytes
+    """the peer's DER SubjectPublicKeyInfo"""
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_agreement_algorithm: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_tokens", b"grant_tokens", "key_agreement_algorithm", b"key_agreement_algorithm", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeriveSharedSecretRequest: _TypeAlias = DeriveSharedSecretRequest  # noqa: Y015
+
+@_typing.final
+class DeriveSharedSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SHARED_SECRET_FIELD_NUMBER: _builtins.int
+    KEY_AGREEMENT_ALGORITHM_FIELD_NUMBER: _builtins.int
+    KEY_ORIGIN_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    shared_secret: _builtins.bytes
+    key_agreement_algorithm: _builtins.str
+    key_origin: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        shared_secret: _builtins.bytes = ...,
+        key_agreement_algorithm: _builtins.str = ...,
+        key_origin: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_agreement_algorithm", b"key_agreement_algorithm", "key_id", b"key_id", "key_origin", b"key_origin", "region", b"region", "shared_secret", b"shared_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeriveSharedSecretResponse: _TypeAlias = DeriveSharedSecretResponse  # noqa: Y015
+
+@_typing.final
+class EncapsulateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENCAPSULATION_ALGORITHM_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    encapsulation_algorithm: _builtins.str
+    """ML_KEM"""
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        encapsulation_algorithm: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encapsulation_algorithm", b"encapsulation_algorithm", "grant_tokens", b"grant_tokens", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncapsulateRequest: _TypeAlias = EncapsulateRequest  # noqa: Y015
+
+@_typing.final
+class EncapsulateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SHARED_SECRET_FIELD_NUMBER: _builtins.int
+    SHARED_SECRET_CIPHERTEXT_BLOB_FIELD_NUMBER: _builtins.int
+    ENCAPSULATION_ALGORITHM_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    shared_secret: _builtins.bytes
+    shared_secret_ciphertext_blob: _builtins.bytes
+    encapsulation_algorithm: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        shared_secret: _builtins.bytes = ...,
+        shared_secret_ciphertext_blob: _builtins.bytes = ...,
+        encapsulation_algorithm: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encapsulation_algorithm", b"encapsulation_algorithm", "key_id", b"key_id", "region", b"region", "shared_secret", b"shared_secret", "shared_secret_ciphertext_blob", b"shared_secret_ciphertext_blob"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncapsulateResponse: _TypeAlias = EncapsulateResponse  # noqa: Y015
+
+@_typing.final
+class DecapsulateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SHARED_SECRET_CIPHERTEXT_BLOB_FIELD_NUMBER: _builtins.int
+    ENCAPSULATION_ALGORITHM_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    shared_secret_ciphertext_blob: _builtins.bytes
+    encapsulation_algorithm: _builtins.str
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        shared_secret_ciphertext_blob: _builtins.bytes = ...,
+        encapsulation_algorithm: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encapsulation_algorithm", b"encapsulation_algorithm", "grant_tokens", b"grant_tokens", "key_id", b"key_id", "shared_secret_ciphertext_blob", b"shared_secret_ciphertext_blob"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecapsulateRequest: _TypeAlias = DecapsulateRequest  # noqa: Y015
+
+@_typing.final
+class DecapsulateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SHARED_SECRET_FIELD_NUMBER: _builtins.int
+    ENCAPSULATION_ALGORITHM_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    shared_secret: _builtins.bytes
+    encapsulation_algorithm: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        shared_secret: _builtins.bytes = ...,
+        encapsulation_algorithm: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encapsulation_algorithm", b"encapsulation_algorithm", "key_id", b"key_id", "region", b"region", "shared_secret", b"shared_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecapsulateResponse: _TypeAlias = DecapsulateResponse  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyPairRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_PAIR_SPEC_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_pair_spec: _builtins.str
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
+        key_pair_spec: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_context", b"encryption_context", "grant_tokens", b"grant_tokens", "key_id", b"key_id", "key_pair_spec", b"key_pair_spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyPairRequest: _TypeAlias = GenerateDataKeyPairRequest  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyPairResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIVATE_KEY_CIPHERTEXT_BLOB_FIELD_NUMBER: _builtins.int
+    PRIVATE_KEY_PLAINTEXT_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_PAIR_SPEC_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    private_key_ciphertext_blob: _builtins.bytes
+    private_key_plaintext: _builtins.bytes
+    """PKCS#8 DER"""
+    public_key: _builtins.bytes
+    """DER SubjectPublicKeyInfo"""
+    key_id: _builtins.str
+    key_pair_spec: _builtins.str
+    key_material_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        private_key_ciphertext_blob: _builtins.bytes = ...,
+        private_key_plaintext: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        key_pair_spec: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "key_material_id", b"key_material_id", "key_pair_spec", b"key_pair_spec", "private_key_ciphertext_blob", b"private_key_ciphertext_blob", "private_key_plaintext", b"private_key_plaintext", "public_key", b"public_key", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyPairResponse: _TypeAlias = GenerateDataKeyPairResponse  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyPairWithoutPlaintextRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_PAIR_SPEC_FIELD_NUMBER: _builtins.int
+    GRANT_TOKENS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_pair_spec: _builtins.str
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def grant_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
+        key_pair_spec: _builtins.str = ...,
+        grant_tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_context", b"encryption_context", "grant_tokens", b"grant_tokens", "key_id", b"key_id", "key_pair_spec", b"key_pair_spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyPairWithoutPlaintextRequest: _TypeAlias = GenerateDataKeyPairWithoutPlaintextRequest  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyPairWithoutPlaintextResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIVATE_KEY_CIPHERTEXT_BLOB_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_PAIR_SPEC_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    private_key_ciphertext_blob: _builtins.bytes
+    public_key: _builtins.bytes
+    key_id: _builtins.str
+    key_pair_spec: _builtins.str
+    key_material_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        private_key_ciphertext_blob: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        key_pair_spec: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "key_material_id", b"key_material_id", "key_pair_spec", b"key_pair_spec", "private_key_ciphertext_blob", b"private_key_ciphertext_blob", "public_key", b"public_key", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyPairWithoutPlaintextResponse: _TypeAlias = GenerateDataKeyPairWithoutPlaintextResponse  # noqa: Y015
+
+@_typing.final
+class EnableKeyRotationRequest(_message.Message):
+    """---- rotation ------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ROTATION_PERIOD_IN_DAYS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    rotation_period_in_days: _builtins.int
+    """90..2560, default 365"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        rotation_period_in_days: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days", "rotation_period_in_days", b"rotation_period_in_days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days", "key_id", b"key_id", "rotation_period_in_days", b"rotation_period_in_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rotation_period_in_days: _TypeAlias = _typing.Literal["rotation_period_in_days"]  # noqa: Y015
+    _WhichOneofArgType__rotation_period_in_days: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rotation_period_in_days) -> _WhichOneofReturnType__rotation_period_in_days | None: ...
+
+Global___EnableKeyRotationRequest: _TypeAlias = EnableKeyRotationRequest  # noqa: Y015
+
+@_typing.final
+class EnableKeyRotationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableKeyRotationResponse: _TypeAlias = EnableKeyRotationResponse  # noqa: Y015
+
+@_typing.final
+class DisableKeyRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableKeyRotationRequest: _TypeAlias = DisableKeyRotationRequest  # noqa: Y015
+
+@_typing.final
+class DisableKeyRotationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableKeyRotationResponse: _TypeAlias = DisableKeyRotationResponse  # noqa: Y015
+
+@_typing.final
+class GetKeyRotationStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyRotationStatusRequest: _TypeAlias = GetKeyRotationStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyRotationStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ROTATION_ENABLED_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ROTATION_PERIOD_IN_DAYS_FIELD_NUMBER: _builtins.int
+    NEXT_ROTATION_DATE_FIELD_NUMBER: _builtins.int
+    ON_DEMAND_ROTATION_START_DATE_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_rotation_enabled: _builtins.bool
+    key_id: _builtins.str
+    rotation_period_in_days: _builtins.int
+    region: _builtins.str
+    @_builtins.property
+    def next_rotation_date(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def on_demand_rotation_start_date(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_rotation_enabled: _builtins.bool = ...,
+        key_id: _builtins.str = ...,
+        rotation_period_in_days: _builtins.int | None = ...,
+        next_rotation_date: _timestamp_pb2.Timestamp | None = ...,
+        on_demand_rotation_start_date: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days", "next_rotation_date", b"next_rotation_date", "on_demand_rotation_start_date", b"on_demand_rotation_start_date", "rotation_period_in_days", b"rotation_period_in_days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days", "key_id", b"key_id", "key_rotation_enabled", b"key_rotation_enabled", "next_rotation_date", b"next_rotation_date", "on_demand_rotation_start_date", b"on_demand_rotation_start_date", "region", b"region", "rotation_period_in_days", b"rotation_period_in_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rotation_period_in_days: _TypeAlias = _typing.Literal["rotation_period_in_days"]  # noqa: Y015
+    _WhichOneofArgType__rotation_period_in_days: _TypeAlias = _typing.Literal["_rotation_period_in_days", b"_rotation_period_in_days"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rotation_period_in_days) -> _WhichOneofReturnType__rotation_period_in_days | None: ...
+
+Global___GetKeyRotationStatusResponse: _TypeAlias = GetKeyRotationStatusResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeyOnDemandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyOnDemandRequest: _TypeAlias = RotateKeyOnDemandRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeyOnDemandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyOnDemandResponse: _TypeAlias = RotateKeyOnDemandResponse  # noqa: Y015
+
+@_typing.final
+class RotationsListEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    IMPORT_STATE_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_STATE_FIELD_NUMBER: _builtins.int
+    EXPIRATION_MODEL_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    ROTATION_DATE_FIELD_NUMBER: _builtins.int
+    ROTATION_TYPE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_material_id: _builtins.str
+    key_material_description: _builtins.str
+    import_state: _builtins.str
+    key_material_state: _builtins.str
+    expiration_model: _builtins.str
+    rotation_type: _builtins.str
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rotation_date(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+        key_material_description: _builtins.str = ...,
+        import_state: _builtins.str = ...,
+        key_material_state: _builtins.str = ...,
+        expiration_model: _builtins.str = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        rotation_date: _timestamp_pb2.Timestamp | None = ...,
+        rotation_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotation_date", b"rotation_date", "valid_to", b"valid_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expiration_model", b"expiration_model", "import_state", b"import_state", "key_id", b"key_id", "key_material_description", b"key_material_description", "key_material_id", b"key_material_id", "key_material_state", b"key_material_state", "rotation_date", b"rotation_date", "rotation_type", b"rotation_type", "valid_to", b"valid_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotationsListEntry: _TypeAlias = RotationsListEntry  # noqa: Y015
+
+@_typing.final
+class ListKeyRotationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_KEY_MATERIAL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MARKER_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    include_key_material: _builtins.str
+    """ALL_KEY_MATERIAL | ROTATIONS_ONLY (default)"""
+    limit: _builtins.int
+    marker: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        include_key_material: _builtins.str = ...,
+        limit: _builtins.int | None = ...,
+        marker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "include_key_material", b"include_key_material", "key_id", b"key_id", "limit", b"limit", "marker", b"marker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListKeyRotationsRequest: _TypeAlias = ListKeyRotationsRequest  # noqa: Y015
+
+@_typing.final
+class ListKeyRotationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_MARKER_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    next_marker: _builtins.str
+    truncated: _builtins.bool
+    region: _builtins.str
+    @_builtins.property
+    def rotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RotationsListEntry]: ...
+    def __init__(
+        self,
+        *,
+        rotations: _abc.Iterable[Global___RotationsListEntry] | None = ...,
+        next_marker: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_marker", b"next_marker", "region", b"region", "rotations", b"rotations", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListKeyRotationsResponse: _TypeAlias = ListKeyRotationsResponse  # noqa: Y015
+
+@_typing.final
+class GetParametersForImportRequest(_message.Message):
+    """---- imported key material (BYOK) -----------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    WRAPPING_ALGORITHM_FIELD_NUMBER: _builtins.int
+    WRAPPING_KEY_SPEC_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    wrapping_algorithm: _builtins.str
+    wrapping_key_spec: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        wrapping_algorithm: _builtins.str = ...,
+        wrapping_key_spec: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "wrapping_algorithm", b"wrapping_algorithm", "wrapping_key_spec", b"wrapping_key_spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetParametersForImportRequest: _TypeAlias = GetParametersForImportRequest  # noqa: Y015
+
+@_typing.final
+class GetParametersForImportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    IMPORT_TOKEN_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_VALID_TO_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    import_token: _builtins.bytes
+    public_key: _builtins.bytes
+    """DER SubjectPublicKeyInfo of the RSA wrapping key"""
+    region: _builtins.str
+    @_builtins.property
+    def parameters_valid_to(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        import_token: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        parameters_valid_to: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters_valid_to", b"parameters_valid_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_token", b"import_token", "key_id", b"key_id", "parameters_valid_to", b"parameters_valid_to", "public_key", b"public_key", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetParametersForImportResponse: _TypeAlias = GetParametersForImportResponse  # noqa: Y015
+
+@_typing.final
+class ImportKeyMaterialRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    IMPORT_TOKEN_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_KEY_MATERIAL_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    EXPIRATION_MODEL_FIELD_NUMBER: _builtins.int
+    IMPORT_TYPE_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    import_token: _builtins.bytes
+    encrypted_key_material: _builtins.bytes
+    expiration_model: _builtins.str
+    """default KEY_MATERIAL_EXPIRES"""
+    import_type: _builtins.str
+    key_material_description: _builtins.str
+    key_material_id: _builtins.str
+    @_builtins.property
+    def valid_to(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        import_token: _builtins.bytes = ...,
+        encrypted_key_material: _builtins.bytes = ...,
+        valid_to: _timestamp_pb2.Timestamp | None = ...,
+        expiration_model: _builtins.str = ...,
+        import_type: _builtins.str = ...,
+        key_material_description: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_to", b"valid_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_key_material", b"encrypted_key_material", "expiration_model", b"expiration_model", "import_token", b"import_token", "import_type", b"import_type", "key_id", b"key_id", "key_material_description", b"key_material_description", "key_material_id", b"key_material_id", "valid_to", b"valid_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportKeyMaterialRequest: _TypeAlias = ImportKeyMaterialRequest  # noqa: Y015
+
+@_typing.final
+class ImportKeyMaterialResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_material_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "key_material_id", b"key_material_id", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportKeyMaterialResponse: _TypeAlias = ImportKeyMaterialResponse  # noqa: Y015
+
+@_typing.final
+class DeleteImportedKeyMaterialRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_material_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "key_material_id", b"key_material_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImportedKeyMaterialRequest: _TypeAlias = DeleteImportedKeyMaterialRequest  # noqa: Y015
+
+@_typing.final
+class DeleteImportedKeyMaterialResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_material_id: _builtins.str
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_material_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "key_material_id", b"key_material_id", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteImportedKeyMaterialResponse: _TypeAlias = DeleteImportedKeyMaterialResponse  # noqa: Y015
+
+@_typing.final
+class ReplicateKeyRequest(_message.Message):
+    """---- multi-Region keys -----------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_REGION_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    BYPASS_POLICY_LOCKOUT_SAFETY_CHECK_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """the primary key's id or ARN, in the primary's region"""
+    replica_region: _builtins.str
+    policy: _builtins.str
+    bypass_policy_lockout_safety_check: _builtins.bool
+    description: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        replica_region: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        bypass_policy_lockout_safety_check: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Iterable[Global___Tag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_policy_lockout_safety_check", b"bypass_policy_lockout_safety_check", "description", b"description", "key_id", b"key_id", "policy", b"policy", "replica_region", b"replica_region", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateKeyRequest: _TypeAlias = ReplicateKeyRequest  # noqa: Y015
+
+@_typing.final
+class ReplicateKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_KEY_METADATA_FIELD_NUMBER: _builtins.int
+    REPLICA_POLICY_FIELD_NUMBER: _builtins.int
+    REPLICA_TAGS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    replica_policy: _builtins.str
+    region: _builtins.str
+    @_builtins.property
+    def replica_key_metadata(self) -> Global___KeyMetadata: ...
+    @_builtins.property
+    def replica_tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]: ...
+    def __init__(
+        self,
+        *,
+        replica_key_metadata: Global___KeyMetadata | None = ...,
+        replica_policy: _builtins.str = ...,
+        replica_tags: _abc.Iterable[Global___Tag] | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replica_key_metadata", b"replica_key_metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "replica_key_metadata", b"replica_key_metadata", "replica_policy", b"replica_policy", "replica_tags", b"replica_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateKeyResponse: _TypeAlias = ReplicateKeyResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePrimaryRegionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PRIMARY_REGION_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """the current primary key's id or ARN, in its region"""
+    primary_region: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        primary_region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "primary_region", b"primary_region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePrimaryRegionRequest: _TypeAlias = UpdatePrimaryRegionRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePrimaryRegionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePrimaryRegionResponse: _TypeAlias = UpdatePrimaryRegionResponse  # noqa: Y015

@@ -104,6 +104,96 @@ class KeyManagementServiceStub:
                 request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateRandomRequest.SerializeToString,
                 response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateRandomResponse.FromString,
                 _registered_method=True)
+        self.Sign = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/Sign',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/Verify',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyResponse.FromString,
+                _registered_method=True)
+        self.GetPublicKey = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetPublicKey',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyResponse.FromString,
+                _registered_method=True)
+        self.GenerateMac = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GenerateMac',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacResponse.FromString,
+                _registered_method=True)
+        self.VerifyMac = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/VerifyMac',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacResponse.FromString,
+                _registered_method=True)
+        self.DeriveSharedSecret = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/DeriveSharedSecret',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretResponse.FromString,
+                _registered_method=True)
+        self.Encapsulate = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/Encapsulate',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateResponse.FromString,
+                _registered_method=True)
+        self.Decapsulate = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/Decapsulate',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateResponse.FromString,
+                _registered_method=True)
+        self.GenerateDataKeyPair = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GenerateDataKeyPair',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairResponse.FromString,
+                _registered_method=True)
+        self.GenerateDataKeyPairWithoutPlaintext = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GenerateDataKeyPairWithoutPlaintext',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextResponse.FromString,
+                _registered_method=True)
+        self.EnableKeyRotation = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/EnableKeyRotation',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationResponse.FromString,
+                _registered_method=True)
+        self.DisableKeyRotation = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/DisableKeyRotation',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationResponse.FromString,
+                _registered_method=True)
+        self.GetKeyRotationStatus = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetKeyRotationStatus',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusResponse.FromString,
+                _registered_method=True)
+        self.RotateKeyOnDemand = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/RotateKeyOnDemand',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandResponse.FromString,
+                _registered_method=True)
+        self.ListKeyRotations = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ListKeyRotations',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsResponse.FromString,
+                _registered_method=True)
+        self.GetParametersForImport = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetParametersForImport',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportResponse.FromString,
+                _registered_method=True)
+        self.ImportKeyMaterial = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ImportKeyMaterial',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialResponse.FromString,
+                _registered_method=True)
+        self.DeleteImportedKeyMaterial = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/DeleteImportedKeyMaterial',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialResponse.FromString,
+                _registered_method=True)
         self.CreateAlias = channel.unary_unary(
                 '/meridian.kms.v1.KeyManagementService/CreateAlias',
                 request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateAliasRequest.SerializeToString,
@@ -138,6 +228,86 @@ class KeyManagementServiceStub:
                 '/meridian.kms.v1.KeyManagementService/ListResourceTags',
                 request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsRequest.SerializeToString,
                 response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsResponse.FromString,
+                _registered_method=True)
+        self.ReplicateKey = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ReplicateKey',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyResponse.FromString,
+                _registered_method=True)
+        self.UpdatePrimaryRegion = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/UpdatePrimaryRegion',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionResponse.FromString,
+                _registered_method=True)
+        self.GetKeyLastUsage = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetKeyLastUsage',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageResponse.FromString,
+                _registered_method=True)
+        self.PutKeyPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/PutKeyPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetKeyPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetKeyPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListKeyPolicies = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ListKeyPolicies',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesResponse.FromString,
+                _registered_method=True)
+        self.CreateGrant = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/CreateGrant',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ListGrants',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.ListRetirableGrants = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ListRetirableGrants',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsResponse.FromString,
+                _registered_method=True)
+        self.RetireGrant = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/RetireGrant',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantResponse.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/RevokeGrant',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantResponse.FromString,
+                _registered_method=True)
+        self.PutUserPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/PutUserPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetUserPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/GetUserPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListUserPolicies = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/ListUserPolicies',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteUserPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/DeleteUserPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyResponse.FromString,
+                _registered_method=True)
+        self.SimulatePrincipalPolicy = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/SimulatePrincipalPolicy',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.FromString,
                 _registered_method=True)
 
 
@@ -228,6 +398,117 @@ class KeyManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sign(self, request, context):
+        """Asymmetric, HMAC and post-quantum keys (docs/key-types.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPublicKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMac(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyMac(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeriveSharedSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Encapsulate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decapsulate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateDataKeyPair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateDataKeyPairWithoutPlaintext(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKeyRotation(self, request, context):
+        """Rotation (docs/key-types.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableKeyRotation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyRotationStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeyOnDemand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeyRotations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetParametersForImport(self, request, context):
+        """Imported key material, BYOK (docs/key-types.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKeyMaterial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImportedKeyMaterial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlias(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -265,6 +546,108 @@ class KeyManagementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListResourceTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicateKey(self, request, context):
+        """Multi-Region keys (replication/DESIGN.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePrimaryRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyLastUsage(self, request, context):
+        """Usage tracking (docs/audit.md): the last successful cryptographic use of a key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutKeyPolicy(self, request, context):
+        """Access control (docs/access-control.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeyPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRetirableGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutUserPolicy(self, request, context):
+        """Meridian additions, named and shaped after the AWS IAM operations they mirror
+        (tests/contract holds them against botocore's IAM model): identity policies of
+        principals, and the policy simulator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUserPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimulatePrincipalPolicy(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -343,6 +726,96 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateRandomRequest.FromString,
                     response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateRandomResponse.SerializeToString,
             ),
+            'Sign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sign,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'GenerateMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateMac,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacResponse.SerializeToString,
+            ),
+            'VerifyMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyMac,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacResponse.SerializeToString,
+            ),
+            'DeriveSharedSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeriveSharedSecret,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretResponse.SerializeToString,
+            ),
+            'Encapsulate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Encapsulate,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateResponse.SerializeToString,
+            ),
+            'Decapsulate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decapsulate,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateResponse.SerializeToString,
+            ),
+            'GenerateDataKeyPair': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKeyPair,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairResponse.SerializeToString,
+            ),
+            'GenerateDataKeyPairWithoutPlaintext': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKeyPairWithoutPlaintext,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextResponse.SerializeToString,
+            ),
+            'EnableKeyRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKeyRotation,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationResponse.SerializeToString,
+            ),
+            'DisableKeyRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKeyRotation,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationResponse.SerializeToString,
+            ),
+            'GetKeyRotationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyRotationStatus,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusResponse.SerializeToString,
+            ),
+            'RotateKeyOnDemand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeyOnDemand,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandResponse.SerializeToString,
+            ),
+            'ListKeyRotations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeyRotations,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsResponse.SerializeToString,
+            ),
+            'GetParametersForImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParametersForImport,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportResponse.SerializeToString,
+            ),
+            'ImportKeyMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportKeyMaterial,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialResponse.SerializeToString,
+            ),
+            'DeleteImportedKeyMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImportedKeyMaterial,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialResponse.SerializeToString,
+            ),
             'CreateAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlias,
                     request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateAliasRequest.FromString,
@@ -377,6 +850,86 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     servicer.ListResourceTags,
                     request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsRequest.FromString,
                     response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsResponse.SerializeToString,
+            ),
+            'ReplicateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicateKey,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyResponse.SerializeToString,
+            ),
+            'UpdatePrimaryRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePrimaryRegion,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionResponse.SerializeToString,
+            ),
+            'GetKeyLastUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyLastUsage,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageResponse.SerializeToString,
+            ),
+            'PutKeyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutKeyPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyResponse.SerializeToString,
+            ),
+            'GetKeyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyResponse.SerializeToString,
+            ),
+            'ListKeyPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeyPolicies,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesResponse.SerializeToString,
+            ),
+            'CreateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrant,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ListRetirableGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRetirableGrants,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsResponse.SerializeToString,
+            ),
+            'RetireGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireGrant,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantResponse.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantResponse.SerializeToString,
+            ),
+            'PutUserPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutUserPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyResponse.SerializeToString,
+            ),
+            'GetUserPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyResponse.SerializeToString,
+            ),
+            'ListUserPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserPolicies,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesResponse.SerializeToString,
+            ),
+            'DeleteUserPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUserPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyResponse.SerializeToString,
+            ),
+            'SimulatePrincipalPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimulatePrincipalPolicy,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -768,6 +1321,492 @@ class KeyManagementService:
             _registered_method=True)
 
     @staticmethod
+    def Sign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/Sign',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/Verify',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetPublicKey',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GenerateMac',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateMacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/VerifyMac',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.VerifyMacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeriveSharedSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/DeriveSharedSecret',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeriveSharedSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Encapsulate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/Encapsulate',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EncapsulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decapsulate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/Decapsulate',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DecapsulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDataKeyPair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GenerateDataKeyPair',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDataKeyPairWithoutPlaintext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GenerateDataKeyPairWithoutPlaintext',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyPairWithoutPlaintextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKeyRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/EnableKeyRotation',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKeyRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/DisableKeyRotation',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyRotationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetKeyRotationStatus',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRotationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeyOnDemand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/RotateKeyOnDemand',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyOnDemandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeyRotations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ListKeyRotations',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyRotationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParametersForImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetParametersForImport',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetParametersForImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportKeyMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ImportKeyMaterial',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ImportKeyMaterialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImportedKeyMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/DeleteImportedKeyMaterial',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteImportedKeyMaterialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateAlias(request,
             target,
             options=(),
@@ -946,6 +1985,438 @@ class KeyManagementService:
             '/meridian.kms.v1.KeyManagementService/ListResourceTags',
             meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsRequest.SerializeToString,
             meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListResourceTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ReplicateKey',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ReplicateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePrimaryRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/UpdatePrimaryRegion',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.UpdatePrimaryRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyLastUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetKeyLastUsage',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyLastUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutKeyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/PutKeyPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutKeyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetKeyPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeyPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ListKeyPolicies',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListKeyPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/CreateGrant',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.CreateGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ListGrants',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRetirableGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ListRetirableGrants',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListRetirableGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/RetireGrant',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RetireGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/RevokeGrant',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutUserPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/PutUserPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.PutUserPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/GetUserPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.GetUserPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/ListUserPolicies',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.ListUserPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/DeleteUserPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.DeleteUserPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimulatePrincipalPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/SimulatePrincipalPolicy',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,27 @@ class KeyManagementServiceStub:
     GenerateDataKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyRequest, _kms_pb2.GenerateDataKeyResponse]
     GenerateDataKeyWithoutPlaintext: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyWithoutPlaintextRequest, _kms_pb2.GenerateDataKeyWithoutPlaintextResponse]
     GenerateRandom: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateRandomRequest, _kms_pb2.GenerateRandomResponse]
+    Sign: _grpc.UnaryUnaryMultiCallable[_kms_pb2.SignRequest, _kms_pb2.SignResponse]
+    """Asymmetric, HMAC and post-quantum keys (docs/key-types.md)."""
+    Verify: _grpc.UnaryUnaryMultiCallable[_kms_pb2.VerifyRequest, _kms_pb2.VerifyResponse]
+    GetPublicKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetPublicKeyRequest, _kms_pb2.GetPublicKeyResponse]
+    GenerateMac: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateMacRequest, _kms_pb2.GenerateMacResponse]
+    VerifyMac: _grpc.UnaryUnaryMultiCallable[_kms_pb2.VerifyMacRequest, _kms_pb2.VerifyMacResponse]
+    DeriveSharedSecret: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeriveSharedSecretRequest, _kms_pb2.DeriveSharedSecretResponse]
+    Encapsulate: _grpc.UnaryUnaryMultiCallable[_kms_pb2.EncapsulateRequest, _kms_pb2.EncapsulateResponse]
+    Decapsulate: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DecapsulateRequest, _kms_pb2.DecapsulateResponse]
+    GenerateDataKeyPair: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyPairRequest, _kms_pb2.GenerateDataKeyPairResponse]
+    GenerateDataKeyPairWithoutPlaintext: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyPairWithoutPlaintextRequest, _kms_pb2.GenerateDataKeyPairWithoutPlaintextResponse]
+    EnableKeyRotation: _grpc.UnaryUnaryMultiCallable[_kms_pb2.EnableKeyRotationRequest, _kms_pb2.EnableKeyRotationResponse]
+    """Rotation (docs/key-types.md)."""
+    DisableKeyRotation: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DisableKeyRotationRequest, _kms_pb2.DisableKeyRotationResponse]
+    GetKeyRotationStatus: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetKeyRotationStatusRequest, _kms_pb2.GetKeyRotationStatusResponse]
+    RotateKeyOnDemand: _grpc.UnaryUnaryMultiCallable[_kms_pb2.RotateKeyOnDemandRequest, _kms_pb2.RotateKeyOnDemandResponse]
+    ListKeyRotations: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListKeyRotationsRequest, _kms_pb2.ListKeyRotationsResponse]
+    GetParametersForImport: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetParametersForImportRequest, _kms_pb2.GetParametersForImportResponse]
+    """Imported key material, BYOK (docs/key-types.md)."""
+    ImportKeyMaterial: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ImportKeyMaterialRequest, _kms_pb2.ImportKeyMaterialResponse]
+    DeleteImportedKeyMaterial: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeleteImportedKeyMaterialRequest, _kms_pb2.DeleteImportedKeyMaterialResponse]
     CreateAlias: _grpc.UnaryUnaryMultiCallable[_kms_pb2.CreateAliasRequest, _kms_pb2.CreateAliasResponse]
     UpdateAlias: _grpc.UnaryUnaryMultiCallable[_kms_pb2.UpdateAliasRequest, _kms_pb2.UpdateAliasResponse]
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeleteAliasRequest, _kms_pb2.DeleteAliasResponse]
@@ -64,6 +85,29 @@ class KeyManagementServiceStub:
     TagResource: _grpc.UnaryUnaryMultiCallable[_kms_pb2.TagResourceRequest, _kms_pb2.TagResourceResponse]
     UntagResource: _grpc.UnaryUnaryMultiCallable[_kms_pb2.UntagResourceRequest, _kms_pb2.UntagResourceResponse]
     ListResourceTags: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListResourceTagsRequest, _kms_pb2.ListResourceTagsResponse]
+    ReplicateKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ReplicateKeyRequest, _kms_pb2.ReplicateKeyResponse]
+    """Multi-Region keys (replication/DESIGN.md)."""
+    UpdatePrimaryRegion: _grpc.UnaryUnaryMultiCallable[_kms_pb2.UpdatePrimaryRegionRequest, _kms_pb2.UpdatePrimaryRegionResponse]
+    GetKeyLastUsage: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetKeyLastUsageRequest, _kms_pb2.GetKeyLastUsageResponse]
+    """Usage tracking (docs/audit.md): the last successful cryptographic use of a key."""
+    PutKeyPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.PutKeyPolicyRequest, _kms_pb2.PutKeyPolicyResponse]
+    """Access control (docs/access-control.md)."""
+    GetKeyPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetKeyPolicyRequest, _kms_pb2.GetKeyPolicyResponse]
+    ListKeyPolicies: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListKeyPoliciesRequest, _kms_pb2.ListKeyPoliciesResponse]
+    CreateGrant: _grpc.UnaryUnaryMultiCallable[_kms_pb2.CreateGrantRequest, _kms_pb2.CreateGrantResponse]
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListGrantsRequest, _kms_pb2.ListGrantsResponse]
+    ListRetirableGrants: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListRetirableGrantsRequest, _kms_pb2.ListRetirableGrantsResponse]
+    RetireGrant: _grpc.UnaryUnaryMultiCallable[_kms_pb2.RetireGrantRequest, _kms_pb2.RetireGrantResponse]
+    RevokeGrant: _grpc.UnaryUnaryMultiCallable[_kms_pb2.RevokeGrantRequest, _kms_pb2.RevokeGrantResponse]
+    PutUserPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.PutUserPolicyRequest, _kms_pb2.PutUserPolicyResponse]
+    """Meridian additions, named and shaped after the AWS IAM operations they mirror
+    (tests/contract holds them against botocore's IAM model): identity policies of
+    principals, and the policy simulator.
+    """
+    GetUserPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.GetUserPolicyRequest, _kms_pb2.GetUserPolicyResponse]
+    ListUserPolicies: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListUserPoliciesRequest, _kms_pb2.ListUserPoliciesResponse]
+    DeleteUserPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeleteUserPolicyRequest, _kms_pb2.DeleteUserPolicyResponse]
+    SimulatePrincipalPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.SimulatePrincipalPolicyRequest, _kms_pb2.SimulatePrincipalPolicyResponse]
 
 @_typing.type_check_only
 class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
@@ -82,6 +126,27 @@ class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
     GenerateDataKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyRequest, _kms_pb2.GenerateDataKeyResponse]  # type: ignore[assignment]
     GenerateDataKeyWithoutPlaintext: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyWithoutPlaintextRequest, _kms_pb2.GenerateDataKeyWithoutPlaintextResponse]  # type: ignore[assignment]
     GenerateRandom: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateRandomRequest, _kms_pb2.GenerateRandomResponse]  # type: ignore[assignment]
+    Sign: _aio.UnaryUnaryMultiCallable[_kms_pb2.SignRequest, _kms_pb2.SignResponse]  # type: ignore[assignment]
+    """Asymmetric, HMAC and post-quantum keys (docs/key-types.md)."""
+    Verify: _aio.UnaryUnaryMultiCallable[_kms_pb2.VerifyRequest, _kms_pb2.VerifyResponse]  # type: ignore[assignment]
+    GetPublicKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetPublicKeyRequest, _kms_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
+    GenerateMac: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateMacRequest, _kms_pb2.GenerateMacResponse]  # type: ignore[assignment]
+    VerifyMac: _aio.UnaryUnaryMultiCallable[_kms_pb2.VerifyMacRequest, _kms_pb2.VerifyMacResponse]  # type: ignore[assignment]
+    DeriveSharedSecret: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeriveSharedSecretRequest, _kms_pb2.DeriveSharedSecretResponse]  # type: ignore[assignment]
+    Encapsulate: _aio.UnaryUnaryMultiCallable[_kms_pb2.EncapsulateRequest, _kms_pb2.EncapsulateResponse]  # type: ignore[assignment]
+    Decapsulate: _aio.UnaryUnaryMultiCallable[_kms_pb2.DecapsulateRequest, _kms_pb2.DecapsulateResponse]  # type: ignore[assignment]
+    GenerateDataKeyPair: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyPairRequest, _kms_pb2.GenerateDataKeyPairResponse]  # type: ignore[assignment]
+    GenerateDataKeyPairWithoutPlaintext: _aio.UnaryUnaryMultiCallable[_kms_pb2.GenerateDataKeyPairWithoutPlaintextRequest, _kms_pb2.GenerateDataKeyPairWithoutPlaintextResponse]  # type: ignore[assignment]
+    EnableKeyRotation: _aio.UnaryUnaryMultiCallable[_kms_pb2.EnableKeyRotationRequest, _kms_pb2.EnableKeyRotationResponse]  # type: ignore[assignment]
+    """Rotation (docs/key-types.md)."""
+    DisableKeyRotation: _aio.UnaryUnaryMultiCallable[_kms_pb2.DisableKeyRotationRequest, _kms_pb2.DisableKeyRotationResponse]  # type: ignore[assignment]
+    GetKeyRotationStatus: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetKeyRotationStatusRequest, _kms_pb2.GetKeyRotationStatusResponse]  # type: ignore[assignment]
+    RotateKeyOnDemand: _aio.UnaryUnaryMultiCallable[_kms_pb2.RotateKeyOnDemandRequest, _kms_pb2.RotateKeyOnDemandResponse]  # type: ignore[assignment]
+    ListKeyRotations: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListKeyRotationsRequest, _kms_pb2.ListKeyRotationsResponse]  # type: ignore[assignment]
+    GetParametersForImport: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetParametersForImportRequest, _kms_pb2.GetParametersForImportResponse]  # type: ignore[assignment]
+    """Imported key material, BYOK (docs/key-types.md)."""
+    ImportKeyMaterial: _aio.UnaryUnaryMultiCallable[_kms_pb2.ImportKeyMaterialRequest, _kms_pb2.ImportKeyMaterialResponse]  # type: ignore[assignment]
+    DeleteImportedKeyMaterial: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeleteImportedKeyMaterialRequest, _kms_pb2.DeleteImportedKeyMaterialResponse]  # type: ignore[assignment]
     CreateAlias: _aio.UnaryUnaryMultiCallable[_kms_pb2.CreateAliasRequest, _kms_pb2.CreateAliasResponse]  # type: ignore[assignment]
     UpdateAlias: _aio.UnaryUnaryMultiCallable[_kms_pb2.UpdateAliasRequest, _kms_pb2.UpdateAliasResponse]  # type: ignore[assignment]
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeleteAliasRequest, _kms_pb2.DeleteAliasResponse]  # type: ignore[assignment]
@@ -89,6 +154,29 @@ class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
     TagResource: _aio.UnaryUnaryMultiCallable[_kms_pb2.TagResourceRequest, _kms_pb2.TagResourceResponse]  # type: ignore[assignment]
     UntagResource: _aio.UnaryUnaryMultiCallable[_kms_pb2.UntagResourceRequest, _kms_pb2.UntagResourceResponse]  # type: ignore[assignment]
     ListResourceTags: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListResourceTagsRequest, _kms_pb2.ListResourceTagsResponse]  # type: ignore[assignment]
+    ReplicateKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.ReplicateKeyRequest, _kms_pb2.ReplicateKeyResponse]  # type: ignore[assignment]
+    """Multi-Region keys (replication/DESIGN.md)."""
+    UpdatePrimaryRegion: _aio.UnaryUnaryMultiCallable[_kms_pb2.UpdatePrimaryRegionRequest, _kms_pb2.UpdatePrimaryRegionResponse]  # type: ignore[assignment]
+    GetKeyLastUsage: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetKeyLastUsageRequest, _kms_pb2.GetKeyLastUsageResponse]  # type: ignore[assignment]
+    """Usage tracking (docs/audit.md): the last successful cryptographic use of a key."""
+    PutKeyPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.PutKeyPolicyRequest, _kms_pb2.PutKeyPolicyResponse]  # type: ignore[assignment]
+    """Access control (docs/access-control.md)."""
+    GetKeyPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetKeyPolicyRequest, _kms_pb2.GetKeyPolicyResponse]  # type: ignore[assignment]
+    ListKeyPolicies: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListKeyPoliciesRequest, _kms_pb2.ListKeyPoliciesResponse]  # type: ignore[assignment]
+    CreateGrant: _aio.UnaryUnaryMultiCallable[_kms_pb2.CreateGrantRequest, _kms_pb2.CreateGrantResponse]  # type: ignore[assignment]
+    ListGrants: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListGrantsRequest, _kms_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    ListRetirableGrants: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListRetirableGrantsRequest, _kms_pb2.ListRetirableGrantsResponse]  # type: ignore[assignment]
+    RetireGrant: _aio.UnaryUnaryMultiCallable[_kms_pb2.RetireGrantRequest, _kms_pb2.RetireGrantResponse]  # type: ignore[assignment]
+    RevokeGrant: _aio.UnaryUnaryMultiCallable[_kms_pb2.RevokeGrantRequest, _kms_pb2.RevokeGrantResponse]  # type: ignore[assignment]
+    PutUserPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.PutUserPolicyRequest, _kms_pb2.PutUserPolicyResponse]  # type: ignore[assignment]
+    """Meridian additions, named and shaped after the AWS IAM operations they mirror
+    (tests/contract holds them against botocore's IAM model): identity policies of
+    principals, and the policy simulator.
+    """
+    GetUserPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.GetUserPolicyRequest, _kms_pb2.GetUserPolicyResponse]  # type: ignore[assignment]
+    ListUserPolicies: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListUserPoliciesRequest, _kms_pb2.ListUserPoliciesResponse]  # type: ignore[assignment]
+    DeleteUserPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeleteUserPolicyRequest, _kms_pb2.DeleteUserPolicyResponse]  # type: ignore[assignment]
+    SimulatePrincipalPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.SimulatePrincipalPolicyRequest, _kms_pb2.SimulatePrincipalPolicyResponse]  # type: ignore[assignment]
 
 class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -190,6 +278,135 @@ class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_kms_pb2.GenerateRandomResponse, _abc.Awaitable[_kms_pb2.GenerateRandomResponse]]: ...
 
     @_abc_1.abstractmethod
+    def Sign(
+        self,
+        request: _kms_pb2.SignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.SignResponse, _abc.Awaitable[_kms_pb2.SignResponse]]:
+        """Asymmetric, HMAC and post-quantum keys (docs/key-types.md)."""
+
+    @_abc_1.abstractmethod
+    def Verify(
+        self,
+        request: _kms_pb2.VerifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.VerifyResponse, _abc.Awaitable[_kms_pb2.VerifyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPublicKey(
+        self,
+        request: _kms_pb2.GetPublicKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetPublicKeyResponse, _abc.Awaitable[_kms_pb2.GetPublicKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GenerateMac(
+        self,
+        request: _kms_pb2.GenerateMacRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GenerateMacResponse, _abc.Awaitable[_kms_pb2.GenerateMacResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyMac(
+        self,
+        request: _kms_pb2.VerifyMacRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.VerifyMacResponse, _abc.Awaitable[_kms_pb2.VerifyMacResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeriveSharedSecret(
+        self,
+        request: _kms_pb2.DeriveSharedSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.DeriveSharedSecretResponse, _abc.Awaitable[_kms_pb2.DeriveSharedSecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Encapsulate(
+        self,
+        request: _kms_pb2.EncapsulateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.EncapsulateResponse, _abc.Awaitable[_kms_pb2.EncapsulateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Decapsulate(
+        self,
+        request: _kms_pb2.DecapsulateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.DecapsulateResponse, _abc.Awaitable[_kms_pb2.DecapsulateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GenerateDataKeyPair(
+        self,
+        request: _kms_pb2.GenerateDataKeyPairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GenerateDataKeyPairResponse, _abc.Awaitable[_kms_pb2.GenerateDataKeyPairResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GenerateDataKeyPairWithoutPlaintext(
+        self,
+        request: _kms_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GenerateDataKeyPairWithoutPlaintextResponse, _abc.Awaitable[_kms_pb2.GenerateDataKeyPairWithoutPlaintextResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def EnableKeyRotation(
+        self,
+        request: _kms_pb2.EnableKeyRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.EnableKeyRotationResponse, _abc.Awaitable[_kms_pb2.EnableKeyRotationResponse]]:
+        """Rotation (docs/key-types.md)."""
+
+    @_abc_1.abstractmethod
+    def DisableKeyRotation(
+        self,
+        request: _kms_pb2.DisableKeyRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.DisableKeyRotationResponse, _abc.Awaitable[_kms_pb2.DisableKeyRotationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetKeyRotationStatus(
+        self,
+        request: _kms_pb2.GetKeyRotationStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetKeyRotationStatusResponse, _abc.Awaitable[_kms_pb2.GetKeyRotationStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateKeyOnDemand(
+        self,
+        request: _kms_pb2.RotateKeyOnDemandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.RotateKeyOnDemandResponse, _abc.Awaitable[_kms_pb2.RotateKeyOnDemandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListKeyRotations(
+        self,
+        request: _kms_pb2.ListKeyRotationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ListKeyRotationsResponse, _abc.Awaitable[_kms_pb2.ListKeyRotationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetParametersForImport(
+        self,
+        request: _kms_pb2.GetParametersForImportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetParametersForImportResponse, _abc.Awaitable[_kms_pb2.GetParametersForImportResponse]]:
+        """Imported key material, BYOK (docs/key-types.md)."""
+
+    @_abc_1.abstractmethod
+    def ImportKeyMaterial(
+        self,
+        request: _kms_pb2.ImportKeyMaterialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ImportKeyMaterialResponse, _abc.Awaitable[_kms_pb2.ImportKeyMaterialResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteImportedKeyMaterial(
+        self,
+        request: _kms_pb2.DeleteImportedKeyMaterialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.DeleteImportedKeyMaterialResponse, _abc.Awaitable[_kms_pb2.DeleteImportedKeyMaterialResponse]]: ...
+
+    @_abc_1.abstractmethod
     def CreateAlias(
         self,
         request: _kms_pb2.CreateAliasRequest,
@@ -237,5 +454,124 @@ class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _kms_pb2.ListResourceTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kms_pb2.ListResourceTagsResponse, _abc.Awaitable[_kms_pb2.ListResourceTagsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplicateKey(
+        self,
+        request: _kms_pb2.ReplicateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ReplicateKeyResponse, _abc.Awaitable[_kms_pb2.ReplicateKeyResponse]]:
+        """Multi-Region keys (replication/DESIGN.md)."""
+
+    @_abc_1.abstractmethod
+    def UpdatePrimaryRegion(
+        self,
+        request: _kms_pb2.UpdatePrimaryRegionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.UpdatePrimaryRegionResponse, _abc.Awaitable[_kms_pb2.UpdatePrimaryRegionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetKeyLastUsage(
+        self,
+        request: _kms_pb2.GetKeyLastUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetKeyLastUsageResponse, _abc.Awaitable[_kms_pb2.GetKeyLastUsageResponse]]:
+        """Usage tracking (docs/audit.md): the last successful cryptographic use of a key."""
+
+    @_abc_1.abstractmethod
+    def PutKeyPolicy(
+        self,
+        request: _kms_pb2.PutKeyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.PutKeyPolicyResponse, _abc.Awaitable[_kms_pb2.PutKeyPolicyResponse]]:
+        """Access control (docs/access-control.md)."""
+
+    @_abc_1.abstractmethod
+    def GetKeyPolicy(
+        self,
+        request: _kms_pb2.GetKeyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetKeyPolicyResponse, _abc.Awaitable[_kms_pb2.GetKeyPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListKeyPolicies(
+        self,
+        request: _kms_pb2.ListKeyPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ListKeyPoliciesResponse, _abc.Awaitable[_kms_pb2.ListKeyPoliciesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateGrant(
+        self,
+        request: _kms_pb2.CreateGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.CreateGrantResponse, _abc.Awaitable[_kms_pb2.CreateGrantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _kms_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ListGrantsResponse, _abc.Awaitable[_kms_pb2.ListGrantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRetirableGrants(
+        self,
+        request: _kms_pb2.ListRetirableGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ListRetirableGrantsResponse, _abc.Awaitable[_kms_pb2.ListRetirableGrantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetireGrant(
+        self,
+        request: _kms_pb2.RetireGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.RetireGrantResponse, _abc.Awaitable[_kms_pb2.RetireGrantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeGrant(
+        self,
+        request: _kms_pb2.RevokeGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.RevokeGrantResponse, _abc.Awaitable[_kms_pb2.RevokeGrantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PutUserPolicy(
+        self,
+        request: _kms_pb2.PutUserPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.PutUserPolicyResponse, _abc.Awaitable[_kms_pb2.PutUserPolicyResponse]]:
+        """Meridian additions, named and shaped after the AWS IAM operations they mirror
+        (tests/contract holds them against botocore's IAM model): identity policies of
+        principals, and the policy simulator.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUserPolicy(
+        self,
+        request: _kms_pb2.GetUserPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.GetUserPolicyResponse, _abc.Awaitable[_kms_pb2.GetUserPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListUserPolicies(
+        self,
+        request: _kms_pb2.ListUserPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.ListUserPoliciesResponse, _abc.Awaitable[_kms_pb2.ListUserPoliciesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteUserPolicy(
+        self,
+        request: _kms_pb2.DeleteUserPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.DeleteUserPolicyResponse, _abc.Awaitable[_kms_pb2.DeleteUserPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SimulatePrincipalPolicy(
+        self,
+        request: _kms_pb2.SimulatePrincipalPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.SimulatePrincipalPolicyResponse, _abc.Awaitable[_kms_pb2.SimulatePrincipalPolicyResponse]]: ...
 
 def add_KeyManagementServiceServicer_to_server(servicer: KeyManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

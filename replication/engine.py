@@ -1,0 +1,895 @@
+"""The replication engine: the node's I/O around the sans-IO core.
+
+Outbound, one task per peer drives a ``PeerShipper``: it reads the outbox, builds signed
+batches with material wrapped to the peer, sends them through the ``PeerTransport`` and
+feeds the answers back. Inbound, ``handle_hello`` and ``handle_push`` verify what a peer
+sent and apply it in *one* storage transaction per batch: every record's decision
+(``core.apply.apply_record``), the key rows and versions it implies, this region's own
+records it causes, and the new inbound position.
+
+Clock, randomness and transport are injected, so the same engine runs in-process over the
+in-memory transport in tests and over mTLS gRPC in a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import structlog
+
+from meridian.proto.replication.v1 import replication_pb2 as pb
+from meridian.replication.codec import (
+    BatchError,
+    IncomingEntry,
+    OpenedBatch,
+    OutgoingEntry,
+    open_batch,
+    seal_batch,
+)
+from meridian.replication.core.apply import Decision, LocalKey, Outcome, apply_record
+from meridian.replication.core.receiver import (
+    ApplyFrom,
+    Duplicate,
+    Gap,
+    InboundPosition,
+    applied_seq,
+    plan_entries,
+    position_after_snapshot,
+)
+from meridian.replication.core.shipper import (
+    ConnectionState,
+    Hello,
+    Idle,
+    PeerShipper,
+    SendEntries,
+    SendSnapshot,
+    ShipperLimits,
+    prune_through,
+    wants_material,
+)
+from meridian.replication.identity import (
+    IdentityError,
+    LazyIdentity,
+    NodeIdentity,
+    PublicIdentity,
+    verify_identity,
+)
+from meridian.replication.transport import PeerTransport, TransportError, TransportFactory
+from meridian.server.config import PeerConfig
+from meridian.server.domain import identifiers, validation
+from meridian.server.domain.clock import Clock
+from meridian.server.domain.crypto.peer_wrap import PeerPublicKey
+from meridian.server.domain.crypto.rootkey import RootKeyProvider
+from meridian.server.domain.errors import (
+    AccessDeniedException,
+    DependencyTimeoutException,
+    KMSInvalidStateException,
+    ValidationException,
+)
+from meridian.server.domain.model import Key, KeyState, KeyVersion
+from meridian.server.domain.multi_region import (
+    ABSENT,
+    LocalMeta,
+    Record,
+    SharedState,
+    decode_record,
+    encode_record,
+)
+from meridian.server.domain.multi_region_service import MultiRegionService
+from meridian.server.domain.service import material_aad
+from meridian.server.storage.replication_repository import (
+    SqliteReplicationRepository,
+    SqliteReplicationWriter,
+)
+from meridian.server.storage.repository import SqliteWriter, from_us, to_us
+from meridian.server.storage.store import SqliteStore
+
+log = structlog.get_logger("meridian.replication")
+
+LOG_ID_BYTES = 16
+T = TypeVar("T")
+Synchronized = Callable[[str, dict[str, str | int | bool]], Awaitable[None]]
+# A batch stops growing once its records and materials pass this many bytes (at least one
+# entry is always sent): half the 1 MiB a node accepts per message (server/node.py), which
+# leaves room for the signature, the bundle header and the framing. One record is at most
+# ~150 KiB (1,000 versions), so one always fits.
+BATCH_BYTES_MAX = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    limits: ShipperLimits = field(default_factory=ShipperLimits)
+    rpc_timeout_s: float = 10.0
+    # How long ReplicateKey waits for the replica's region to acknowledge its record (a
+    # bound on the call's latency, in real time: it never changes what is replicated).
+    replicate_wait_s: float = 5.0
+    # The outbox keeps at most this many entries for a peer that does not acknowledge;
+    # a peer further behind is brought up to date with a snapshot.
+    retained_entries_max: int = 100_000
+    # How often an idle shipper looks at the outbox even without being woken (a safety
+    # net: every append wakes the shippers).
+    idle_poll_s: float = 5.0
+
+
+@dataclass
+class PeerLink:
+    config: PeerConfig
+    shipper: PeerShipper
+    transport: PeerTransport
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Replaced (after being set) whenever the peer's acknowledged position moves.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    entries_shipped: int = 0
+
+    def acknowledged(self) -> None:
+        self.progress.set()
+        self.progress = asyncio.Event()
+
+
+class ReplicationEngine:
+    def __init__(
+        self,
+        *,
+        region: str,
+        account_id: str,
+        store: SqliteStore,
+        root_key: RootKeyProvider,
+        identity: LazyIdentity,
+        multi_region: MultiRegionService,
+        peers: Sequence[PeerConfig],
+        transport_factory: TransportFactory,
+        clock: Clock,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.region = region
+        self.account_id = account_id
+        self._store = store
+        self._root_key = root_key
+        self.identity = identity
+        self._multi_region = multi_region
+        self._clock = clock
+        self._randbytes = randbytes
+        self.settings = settings or EngineSettings()
+        self._reader = SqliteReplicationRepository(store.reader.connection)
+        # Jitter needs no secrecy, only independence between nodes and runs.
+        self._rng = random.Random(randbytes(16))  # noqa: S311
+        self.links = {
+            peer.region: PeerLink(
+                config=peer,
+                shipper=PeerShipper(peer.region, self.settings.limits, self._rng),
+                transport=transport_factory(peer),
+            )
+            for peer in peers
+        }
+        self._identity_message: pb.NodeIdentity | None = None
+        self.log_id = b""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._transactions: set[asyncio.Task[object]] = set()
+        self.entries_applied = 0
+        # Called after a batch commits, once per key it changed here: the audit trail's
+        # SynchronizeMultiRegionKey service event (as CloudTrail records MRK syncs).
+        self.on_synchronized: Synchronized | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log_id = self._randbytes(LOG_ID_BYTES)
+        bounds = await self._transaction(
+            lambda tx: SqliteReplicationWriter(tx.connection).ensure_log(log_id)
+        )
+        self.log_id = bounds.log_id
+        for link in self.links.values():
+            self._tasks.append(
+                asyncio.create_task(self._ship_forever(link), name=f"ship-{link.config.region}")
+            )
+        log.info("replication started", peers=sorted(self.links), log_id=self.log_id.hex())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # Transactions whose callers were cancelled still finish before the store closes.
+        await asyncio.gather(*self._transactions, return_exceptions=True)
+        for link in self.links.values():
+            await link.transport.close()
+
+    def wake(self) -> None:
+        """Something was appended: every shipper looks at the outbox again."""
+        for link in self.links.values():
+            link.wakeup.set()
+
+    async def wait_acknowledged(self, peer: str, seq: int) -> bool:
+        """Wait until ``peer`` acknowledged this log up to ``seq``, at most
+        ``replicate_wait_s``, and only while the link to it is healthy; True if it did."""
+        link = self.links.get(peer)
+        if link is None or link.shipper.state is not ConnectionState.CONNECTED:
+            # An unreachable region would only make the caller wait for nothing.
+            return False
+        deadline = asyncio.get_running_loop().time() + self.settings.replicate_wait_s
+        while link.shipper.position is None or link.shipper.position < seq:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(link.progress.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    # ---- outbound -------------------------------------------------------------------------
+
+    async def _ship_forever(self, link: PeerLink) -> None:
+        while True:
+            try:
+                await self._ship_once(link)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug, not a network problem: log it and back off rather than spin.
+                log.exception("shipper crashed; backing off", peer=link.config.region)
+                link.shipper.on_failure(self._now_s(), "internal error (see the node log)")
+
+    async def _ship_once(self, link: PeerLink) -> None:
+        shipper = link.shipper
+        link.wakeup.clear()
+        # Read through the write lock: an append that is still committing is then visible
+        # (a shipper woken from inside a transaction must not miss it).
+        bounds = await self._transaction(
+            lambda tx: SqliteReplicationWriter(tx.connection).log_bounds()
+        )
+        assert bounds is not None
+        now = self._now_s()
+        action = shipper.next_action(
+            now, retained_first_seq=bounds.first_retained_seq, head_seq=bounds.head_seq
+        )
+        if isinstance(action, Idle):
+            delay = self.settings.idle_poll_s
+            if action.until is not None:
+                delay = min(delay, max(0.0, action.until - now))
+            await self._wait(link.wakeup, delay)
+            return
+        peer = link.config.region
+        try:
+            if isinstance(action, Hello):
+                await self._hello(link)
+            elif isinstance(action, SendEntries):
+                await self._send_entries(link, action)
+            else:
+                await self._send_snapshot(link, action)
+        except (TransportError, IdentityError, BatchError) as error:
+            reason = getattr(error, "reason", "")
+            message = f"{reason}: {error}" if reason else str(error)
+            if shipper.failures == 0:
+                log.warning("replication to peer failed", peer=peer, error=message)
+            shipper.on_failure(self._now_s(), message)
+
+    async def _hello(self, link: PeerLink) -> None:
+        peer = link.config.region
+        response = await link.transport.hello(
+            pb.HelloRequest(identity=await self._own_identity(), log_id=self.log_id),
+            timeout_s=self.settings.rpc_timeout_s,
+        )
+        identity = verify_identity(response.identity)
+        if identity.region != peer:
+            raise IdentityError(
+                f"the node at {link.config.endpoint} claims region {identity.region}"
+            )
+        await self._pin(identity)
+        link.shipper.on_position(self._now_s(), int(response.applied_seq))
+        link.acknowledged()
+        log.info("peer connected", peer=peer, acknowledged=int(response.applied_seq))
+
+    async def _send_entries(self, link: PeerLink, action: SendEntries) -> None:
+        peer = await self._pinned(link.config.region)
+        rows = await self._reader.outbox(action.first_seq, action.last_seq)
+        if not rows or rows[0].seq != action.first_seq:
+            # Pruned meanwhile: the shipper will see the new tail and snapshot.
+            link.shipper.on_failure(self._now_s(), "outbox entries pruned; resynchronising")
+            return
+        entries: list[OutgoingEntry] = []
+        size = 0
+        for row in rows:
+            record = decode_record(row.record)
+            materials = await self._materials_for(peer.region, record.state)
+            entries.append(OutgoingEntry(seq=row.seq, record=record, materials=materials))
+            size += len(row.record) + sum(len(m) + 64 for m in materials.values())
+            if size >= BATCH_BYTES_MAX:
+                break
+        request = seal_batch(
+            await self.identity.get(),
+            peer,
+            log_id=self.log_id,
+            created_at_us=self._now_us(),
+            entries=entries,
+            randbytes=self._randbytes,
+        )
+        response = await link.transport.push(request, timeout_s=self.settings.rpc_timeout_s)
+        position = int(response.applied_seq)
+        link.shipper.on_position(self._now_s(), position)
+        if response.outcome != pb.PushResponse.GAP:
+            link.entries_shipped += len(entries)
+            await self._acknowledged(link.config.region, position)
+        link.acknowledged()
+
+    async def _send_snapshot(self, link: PeerLink, action: SendSnapshot) -> None:
+        peer = await self._pinned(link.config.region)
+        limit = self.settings.limits.snapshot_keys_max
+        states = await self._reader.states_after(action.after_key_id, limit=limit + 1)
+        chunk: list[SharedState] = []
+        entries = []
+        size = 0
+        for state, _meta in states[:limit]:
+            key = await self._store.reader.get_key(state.key_id)
+            record = Record(
+                author_region=self.region,
+                author_key_state=key.state.value if key is not None else ABSENT,
+                state=state,
+            )
+            materials = await self._materials_for(peer.region, state)
+            entries.append(OutgoingEntry(seq=0, record=record, materials=materials))
+            chunk.append(state)
+            size += len(encode_record(record)) + sum(len(m) + 64 for m in materials.values())
+            if size >= BATCH_BYTES_MAX:
+                break
+        last = len(chunk) == len(states)
+        request = seal_batch(
+            await self.identity.get(),
+            peer,
+            log_id=self.log_id,
+            created_at_us=self._now_us(),
+            entries=entries,
+            snapshot=(action.through_seq, last),
+            randbytes=self._randbytes,
+        )
+        log.info(
+            "sending a snapshot chunk",
+            peer=peer.region,
+            keys=len(entries),
+            through=action.through_seq,
+        )
+        response = await link.transport.push(request, timeout_s=self.settings.rpc_timeout_s)
+        position = int(response.applied_seq)
+        link.shipper.on_snapshot_chunk(
+            self._now_s(),
+            next_after_key_id=None if last else chunk[-1].key_id,
+            position=position,
+        )
+        if last:
+            await self._acknowledged(link.config.region, position)
+        link.acknowledged()
+
+    async def _materials_for(
+        self, destination: str, record_state: SharedState
+    ) -> dict[bytes, bytes]:
+        """The materials of the versions ``record_state`` names, unwrapped for sealing to
+        ``destination`` — if it is a live member by the record or by the current view."""
+        if not wants_material(destination, record_state):
+            # Only then is the current view needed (the record may predate the membership).
+            current = await self._reader.get_state(record_state.key_id)
+            if not wants_material(destination, None if current is None else current[0]):
+                return {}
+        materials = {}
+        for version in await self._reader.versions(record_state.key_id):
+            if version.material_id in record_state.versions:
+                materials[version.material_id] = await self._root_key.unwrap(
+                    version.wrapped_material,
+                    aad=material_aad(record_state.key_id, version.material_id),
+                )
+        return materials
+
+    async def _acknowledged(self, peer: str, position: int) -> None:
+        """Record a peer's position and prune what every peer has acknowledged."""
+        now_us = self._now_us()
+
+        async def work(tx: SqliteWriter) -> None:
+            writer = SqliteReplicationWriter(tx.connection)
+            await writer.record_ack(peer, self.log_id, position, now_us=now_us)
+            bounds = await writer.log_bounds()
+            assert bounds is not None
+            acked = []
+            for region in self.links:
+                row = await writer.peer(region)
+                acked.append(row.acked_seq if row and row.acked_log_id == self.log_id else 0)
+            through = prune_through(
+                acked,
+                head_seq=bounds.head_seq,
+                retained_entries_max=self.settings.retained_entries_max,
+            )
+            if through >= bounds.first_retained_seq:
+                await writer.prune_outbox(through)
+
+        await self._transaction(work)
+
+    async def _pin(self, identity: PublicIdentity) -> None:
+        """Pin a peer's identity on first contact; refuse a changed one."""
+        await self._transaction(lambda tx: self._pin_in(tx, identity))
+
+    async def _pin_in(self, tx: SqliteWriter, identity: PublicIdentity) -> None:
+        writer = SqliteReplicationWriter(tx.connection)
+        row = await writer.peer(identity.region)
+        if row is None or row.signing_public_key is None:
+            await writer.pin_peer(
+                identity.region,
+                signing=identity.signing_public_key,
+                x25519=identity.wrap_key.x25519,
+                mlkem=identity.wrap_key.mlkem,
+                now_us=self._now_us(),
+            )
+            log.info(
+                "pinned a peer's node identity",
+                peer=identity.region,
+                fingerprint=identity.fingerprint[:16],
+            )
+            return
+        if (
+            row.signing_public_key != identity.signing_public_key
+            or row.wrap_x25519_public_key != identity.wrap_key.x25519
+            or row.wrap_mlkem_public_key != identity.wrap_key.mlkem
+        ):
+            log.error(
+                "a peer presents another node identity than the pinned one; refusing it",
+                peer=identity.region,
+                presented=identity.fingerprint[:16],
+            )
+            raise IdentityError(
+                f"{identity.region} presents a node identity other than the pinned one"
+            )
+
+    async def _pinned(self, region: str) -> PublicIdentity:
+        row = await self._reader.peer(region)
+        if (
+            row is None
+            or row.signing_public_key is None
+            or row.wrap_x25519_public_key is None
+            or row.wrap_mlkem_public_key is None
+        ):
+            raise IdentityError(f"no pinned identity for {region}")
+        return PublicIdentity(
+            region=region,
+            signing_public_key=row.signing_public_key,
+            wrap_key=PeerPublicKey(
+                x25519=row.wrap_x25519_public_key, mlkem=row.wrap_mlkem_public_key
+            ),
+        )
+
+    async def _own_identity(self) -> pb.NodeIdentity:
+        """This node's signed identity message (signing costs ~1 ms: made once)."""
+        if self._identity_message is None:
+            self._identity_message = (await self._own_identity_keys()).to_proto()
+        return self._identity_message
+
+    async def _own_identity_keys(self) -> NodeIdentity:
+        try:
+            return await self.identity.get()
+        except IdentityError as error:
+            log.error("the replication identity is unavailable", error=str(error))
+            raise
+
+    async def _serving_identity(self) -> NodeIdentity:
+        """For inbound calls: an unavailable identity is the node's problem, not the caller's."""
+        try:
+            return await self._own_identity_keys()
+        except IdentityError:
+            raise DependencyTimeoutException(
+                "This node's replication identity is unavailable (see its log)"
+            ) from None
+
+    async def _fingerprint(self) -> str:
+        try:
+            return (await self.identity.get()).public.fingerprint
+        except IdentityError:
+            return ""
+
+    async def _transaction(self, work: Callable[[SqliteWriter], Awaitable[T]]) -> T:
+        """Run ``work`` in one write transaction that a cancellation cannot cut short.
+
+        aiosqlite runs SQL on its own thread: a task cancelled while it awaits BEGIN or
+        COMMIT leaves the statement to run anyway, with nobody left to end the transaction,
+        and the database stays locked (STYLE.md 12). Shielded, the transaction always ends
+        (commit, or rollback on error); a cancelled caller just stops waiting for it, and
+        ``stop`` waits for it before the store closes.
+        """
+
+        async def run() -> T:
+            async with self._store.write() as tx:
+                return await work(tx)
+
+        task: asyncio.Task[T] = asyncio.ensure_future(run())
+        self._transactions.add(task)
+        task.add_done_callback(self._transaction_done)
+        return await asyncio.shield(task)
+
+    def _transaction_done(self, task: asyncio.Task[object]) -> None:
+        self._transactions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Also raised to the caller if it still waits; this covers one that was cancelled.
+            log.debug("a replication transaction failed", error=repr(task.exception()))
+
+    async def _wait(self, event: asyncio.Event, delay_s: float) -> None:
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay_s))
+        try:
+            await asyncio.wait((waiter, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, sleeper):
+                task.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+
+    # ---- inbound --------------------------------------------------------------------------
+
+    async def handle_hello(self, caller_region: str, request: pb.HelloRequest) -> pb.HelloResponse:
+        try:
+            identity = verify_identity(request.identity)
+        except IdentityError:
+            log.warning("refused a Hello: bad node identity", caller=caller_region)
+            raise ValidationException("The node identity does not verify") from None
+        if identity.region != caller_region:
+            log.warning("refused a Hello: identity of another region", caller=caller_region)
+            raise AccessDeniedException(
+                f"{caller_region} cannot present the identity of {identity.region}"
+            )
+        if len(request.log_id) != LOG_ID_BYTES:
+            raise ValidationException("log_id must be 16 bytes")
+        try:
+            await self._pin(identity)
+        except IdentityError:
+            raise AccessDeniedException(
+                f"{caller_region} presents a node identity other than the pinned one"
+            ) from None
+        inbound = await self._reader.inbound(caller_region)
+        position = None if inbound is None else InboundPosition(inbound.log_id, inbound.applied_seq)
+        await self._serving_identity()
+        return pb.HelloResponse(
+            identity=await self._own_identity(),
+            applied_seq=applied_seq(position, bytes(request.log_id)),
+        )
+
+    async def handle_push(self, caller_region: str, request: pb.PushRequest) -> pb.PushResponse:
+        try:
+            sender = await self._pinned(caller_region)
+        except IdentityError:
+            raise KMSInvalidStateException(
+                f"No pinned node identity for {caller_region}: call Hello first"
+            ) from None
+        receiver = await self._serving_identity()
+        try:
+            batch = open_batch(request, sender=sender, receiver=receiver)
+        except BatchError as error:
+            log.warning("refused a replication batch", peer=caller_region, reason=str(error))
+            raise ValidationException(f"Refused replication batch: {error}") from None
+        return await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: OpenedBatch) -> pb.PushResponse:
+        now = self._clock.now()
+        result = await self._transaction(lambda tx: self._apply_batch_in(tx, batch, now))
+        if result.emitted:
+            self.wake()
+        await self._report_synchronized(batch.origin_region, result.changed)
+        return result.response
+
+    async def _apply_batch_in(
+        self, tx: SqliteWriter, batch: OpenedBatch, now: datetime
+    ) -> _BatchResult:
+        """The whole batch in the caller's transaction: each record's decision and what it
+        implies, and the new inbound position, committed together or not at all."""
+        origin = batch.origin_region
+        writer = SqliteReplicationWriter(tx.connection)
+        row = await writer.inbound(origin)
+        position = None if row is None else InboundPosition(row.log_id, row.applied_seq)
+        if batch.snapshot is None:
+            plan = plan_entries(
+                position,
+                log_id=batch.log_id,
+                first_seq=batch.entries[0].seq,
+                last_seq=batch.entries[-1].seq,
+            )
+            if isinstance(plan, Gap):
+                return _BatchResult(
+                    pb.PushResponse(outcome=pb.PushResponse.GAP, applied_seq=plan.position)
+                )
+            if isinstance(plan, Duplicate):
+                log.info("ignored a duplicate batch", peer=origin, position=plan.position)
+                return _BatchResult(
+                    pb.PushResponse(outcome=pb.PushResponse.DUPLICATE, applied_seq=plan.position)
+                )
+            assert isinstance(plan, ApplyFrom)
+            todo = [entry for entry in batch.entries if entry.seq > plan.skip_through]
+            new_position = batch.entries[-1].seq
+        else:
+            todo = list(batch.entries)
+            through, last = batch.snapshot
+            new_position = position_after_snapshot(
+                position, log_id=batch.log_id, through_seq=through, last_chunk=last
+            )
+        result = _BatchResult(pb.PushResponse(outcome=pb.PushResponse.APPLIED))
+        refused = 0
+        for entry in todo:
+            outcome, did_emit = await self._apply_entry(tx, writer, origin, entry, now)
+            refused += outcome is Outcome.REFUSED
+            result.emitted = result.emitted or did_emit
+            if outcome is Outcome.APPLIED:
+                result.changed[entry.record.state.key_id] = entry.record.state
+        await writer.set_inbound(origin, batch.log_id, new_position, now_us=to_us(now))
+        self.entries_applied += len(todo)
+        result.response.applied_seq = new_position
+        result.response.refused_records = refused
+        return result
+
+    async def _apply_entry(
+        self,
+        tx: SqliteWriter,
+        writer: SqliteReplicationWriter,
+        origin: str,
+        entry: IncomingEntry,
+        now: datetime,
+    ) -> tuple[Outcome, bool]:
+        record = entry.record
+        key_id = record.state.key_id
+        found = await writer.get_state(key_id)
+        key = await tx.get_key(key_id)
+        if key is not None and not key.multi_region:
+            log.warning("refused a record for a single-Region key id", peer=origin, key_id=key_id)
+            return Outcome.REFUSED, False
+        local = None
+        if key is not None:
+            local = LocalKey(
+                state=key.state,
+                current_material_id=key.current_material_id,
+                held=await writer.held_material_ids(key_id),
+            )
+        decision = apply_record(
+            region=self.region,
+            state=None if found is None else found[0],
+            meta=None if found is None else found[1],
+            key=local,
+            record=record,
+            attached=frozenset(entry.materials),
+            now_us=to_us(now),
+        )
+        if decision.outcome is Outcome.REFUSED:
+            log.warning(
+                "refused a replication record",
+                peer=origin,
+                author=record.author_region,
+                key_id=key_id,
+                reason=decision.reason,
+            )
+            return decision.outcome, False
+        if decision.outcome is Outcome.IGNORED:
+            return decision.outcome, False
+        if decision.outcome is Outcome.UNCHANGED:
+            if found is not None and decision.meta is not None and decision.meta != found[1]:
+                await writer.put_meta(key_id, decision.meta)
+            return decision.outcome, False
+        key = await self._write_decision(tx, writer, key, decision, entry.materials, now)
+        return decision.outcome, decision.emit
+
+    async def _write_decision(
+        self,
+        tx: SqliteWriter,
+        writer: SqliteReplicationWriter,
+        key: Key | None,
+        decision: Decision,
+        materials: dict[bytes, bytes],
+        now: datetime,
+    ) -> Key | None:
+        state = decision.state
+        assert state is not None
+        assert decision.meta is not None
+        key_id = state.key_id
+        now_us = to_us(now)
+        await writer.put_state(state, decision.meta, now_us=now_us)
+        versions = {
+            material_id: KeyVersion(
+                key_id=key_id,
+                material_id=material_id,
+                created_at=from_us(state.versions[material_id].created_at_us),
+                wrapped_material=await self._root_key.wrap(
+                    materials[material_id], aad=material_aad(key_id, material_id)
+                ),
+            )
+            for material_id in sorted(decision.store_materials)
+        }
+        promoted = False
+        if decision.create_replica is not None:
+            assert decision.key_state is not None
+            assert decision.current_material_id is not None
+            request = decision.create_replica
+            key = Key(
+                key_id=key_id,
+                arn=identifiers.key_arn(self.region, self.account_id, key_id),
+                account_id=self.account_id,
+                region=self.region,
+                created_at=now,
+                description=request.description,
+                key_spec=state.key_spec,
+                key_usage=state.key_usage,
+                origin=state.origin,
+                state=decision.key_state,
+                policy=request.policy or validation.default_key_policy(self.account_id),
+                current_material_id=decision.current_material_id,
+                multi_region=True,
+            )
+            key.check_invariants()
+            await tx.insert_key(key, versions.pop(decision.current_material_id))
+            if request.tags:
+                await tx.put_tags(key_id, request.tags)
+            log.info(
+                "created a replica key",
+                key_id=key_id,
+                state=key.state.value,
+                primary=state.primary_region,
+            )
+        for version in versions.values():
+            await writer.insert_version(version)
+        if key is not None and decision.create_replica is None:
+            changed = False
+            if decision.key_state is not None:
+                key.state = decision.key_state
+                if key.state is not KeyState.PENDING_DELETION:
+                    key.deletion_date = None
+                changed = True
+            if decision.current_material_id is not None:
+                promoted = state.primary_region == self.region
+                key.current_material_id = decision.current_material_id
+                changed = True
+            if decision.start_deletion_window:
+                key.state = KeyState.PENDING_DELETION
+                days = key.pending_window_days or validation.PENDING_WINDOW_DAYS_DEFAULT
+                key.deletion_date = now + timedelta(days=days)
+                key.pending_window_days = days
+                changed = True
+            if changed:
+                await tx.update_key(key)
+            if promoted and self._multi_region.version_promoted is not None:
+                await self._multi_region.version_promoted(tx, key, key.current_material_id)
+        if decision.emit:
+            await writer.append_record(
+                Record(
+                    author_region=self.region,
+                    author_key_state=key.state.value if key is not None else ABSENT,
+                    state=state,
+                ),
+                now_us=now_us,
+            )
+        return key
+
+    async def _report_synchronized(self, origin: str, changed: dict[str, SharedState]) -> None:
+        if self.on_synchronized is None:
+            return
+        for key_id, state in changed.items():
+            arn = identifiers.key_arn(self.region, self.account_id, key_id)
+            details: dict[str, str | int | bool] = {
+                "sourceRegion": origin,
+                "primaryRegion": state.primary_region,
+                "epoch": state.epoch,
+            }
+            try:
+                await self.on_synchronized(arn, details)
+            except Exception:
+                # The change is committed; a missing audit event is logged, not undone.
+                log.exception("could not record a replication event", key_id=key_id)
+
+    # ---- status ----------------------------------------------------------------------------
+
+    async def key_epoch(self, key_id: str) -> int:
+        found = await self._reader.get_state(key_id)
+        return 0 if found is None else found[0].epoch
+
+    async def status_snapshot(self) -> EngineStatus:
+        bounds = await self._reader.log_bounds()
+        assert bounds is not None
+        now_s = self._now_s()
+        peers = []
+        for region, link in sorted(self.links.items()):
+            row = await self._reader.peer(region)
+            acked = row.acked_seq if row is not None and row.acked_log_id == self.log_id else 0
+            shipper = link.shipper
+            if shipper.position is not None:
+                acked = max(acked, shipper.position)
+            backlog = max(0, bounds.head_seq - acked)
+            lag_s = 0.0
+            if backlog:
+                oldest = await self._reader.outbox_created_at_us(acked + 1)
+                if oldest is not None:
+                    lag_s = max(0.0, now_s - oldest / 1e6)
+            peers.append(
+                PeerStatus(
+                    region=region,
+                    endpoint=link.config.endpoint,
+                    connection_state=shipper.state.value,
+                    acked_seq=acked,
+                    backlog_entries=backlog,
+                    lag_s=round(lag_s, 3),
+                    last_error=shipper.last_error,
+                    last_contact_s=shipper.last_contact_at,
+                    snapshotting=shipper.snapshotting,
+                    pinned=row is not None and row.signing_public_key is not None,
+                    consecutive_failures=shipper.failures,
+                )
+            )
+        inbound = [
+            (row.origin_region, row.applied_seq, row.applied_at_us)
+            for row in await self._reader.inbound_all()
+        ]
+        pending = []
+        for state in await self._reader.pending_states(limit=1000):
+            material_id = state.settings.pending_material_id
+            assert material_id is not None
+            pending.append(
+                (
+                    state.key_id,
+                    material_id.hex(),
+                    state.primary_region,
+                    state.missing_holders(material_id),
+                )
+            )
+        return EngineStatus(
+            region=self.region,
+            log_id=self.log_id.hex(),
+            head_seq=bounds.head_seq,
+            first_retained_seq=bounds.first_retained_seq,
+            fingerprint=await self._fingerprint(),
+            multi_region_keys=await self._reader.count_states(),
+            peers=peers,
+            inbound=inbound,
+            pending=pending,
+        )
+
+    # ---- time -----------------------------------------------------------------------------
+
+    def _now_s(self) -> float:
+        return self._clock.now().timestamp()
+
+    def _now_us(self) -> int:
+        return to_us(self._clock.now())
+
+
+@dataclass
+class _BatchResult:
+    response: pb.PushResponse
+    emitted: bool = False
+    changed: dict[str, SharedState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    region: str
+    endpoint: str
+    connection_state: str
+    acked_seq: int
+    backlog_entries: int
+    lag_s: float
+    last_error: str
+    last_contact_s: float | None
+    snapshotting: bool
+    pinned: bool
+    consecutive_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    region: str
+    log_id: str
+    head_seq: int
+    first_retained_seq: int
+    fingerprint: str
+    multi_region_keys: int
+    peers: list[PeerStatus]
+    inbound: list[tuple[str, int, int]]
+    pending: list[tuple[str, str, str, list[str]]]
+
+
+def utc_from_s(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+__all__ = ["EngineSettings", "EngineStatus", "LocalMeta", "PeerStatus", "ReplicationEngine"]

@@ -1,0 +1,1 @@
+"""Deterministic simulation of the replication protocol (see world.py and checks.py)."""

@@ -1,0 +1,5 @@
+import sys
+
+from meridian.replication.sim.run import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Usage accounting: what each audit record adds to the per-key, per-operation counters.
+
+Counters are kept beside the trail and updated in the same transaction as the records
+they count, so they agree with the trail exactly. Only API calls count (service events
+are not billed); failed calls are counted as failures too, since they are requests.
+Last use follows AWS's GetKeyLastUsage: the last *successful cryptographic* operation
+per key.
+"""
+
+from __future__ import annotations
+
+from meridian.server.audit.events import EventType, Outcome, RecordIndex, from_us
+from meridian.server.audit.ports import LastUse, UsageIncrement
+
+# AWS's KeyLastUsageTrackingOperation enum (botocore's KMS model).
+LAST_USAGE_OPERATIONS = frozenset(
+    {
+        "Decrypt",
+        "DeriveSharedSecret",
+        "Encrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateMac",
+        "ReEncrypt",
+        "Sign",
+        "Verify",
+        "VerifyMac",
+        "Encapsulate",
+        "Decapsulate",
+    }
+)
+
+
+def day_of(time_us: int) -> str:
+    return from_us(time_us).strftime("%Y-%m-%d")
+
+
+def usage_effects(index: RecordIndex) -> tuple[list[UsageIncrement], list[LastUse]]:
+    """The counter increments and last-use updates one record causes."""
+    if index.event_type != EventType.API_CALL.value:
+        return [], []
+    failed = 0 if index.outcome == Outcome.SUCCESS.value else 1
+    day = day_of(index.event_time_us)
+    arns = index.key_arns or ("",)
+    increments = [UsageIncrement(day, arn, index.event_name, 1, failed) for arn in arns]
+    last_uses: list[LastUse] = []
+    if not failed and index.event_name in LAST_USAGE_OPERATIONS:
+        last_uses = [
+            LastUse(arn, index.event_name, index.event_time_us, index.event_id, index.request_id)
+            for arn in index.key_arns
+        ]
+    return increments, last_uses
+
+
+def merge_increments(increments: list[UsageIncrement]) -> list[UsageIncrement]:
+    """One increment per (day, key, operation): fewer upserts per group commit."""
+    merged: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for item in increments:
+        slot = (item.day, item.key_arn, item.operation)
+        requests, failures = merged.get(slot, (0, 0))
+        merged[slot] = (requests + item.requests, failures + item.failures)
+    return [
+        UsageIncrement(day, arn, operation, requests, failures)
+        for (day, arn, operation), (requests, failures) in merged.items()
+    ]
