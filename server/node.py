@@ -264,14 +264,6 @@ class Node:
         )
         # Shippers start once the node serves: peers may call back at once.
         await replication.start()
-        self._tasks.append(
-            asyncio.create_task(
-                self.metrics.follow_replication(
-                    replication.engine.status_snapshot, interval_s=15.0
-                ),
-                name="metrics-replication",
-            )
-        )
         log.info("node ready", listen=config.listen, port=self.port, data_dir=str(config.data_dir))
         return self.port
 
@@ -321,7 +313,7 @@ class Node:
             await self.replication.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _drain(self._tasks)
         self._tasks.clear()
         if self.audit is not None:
             # After the API and the background tasks: the last records are in, seal them.
@@ -365,3 +357,21 @@ async def serve(config: NodeConfig) -> None:
         log.info("shutting down")
     finally:
         await node.stop()
+
+
+async def _drain(tasks: list[asyncio.Task[None]], *, rounds_max: int = 50) -> None:
+    """Wait for cancelled background tasks, cancelling again any that swallowed it.
+
+    A task whose awaited call absorbs a CancelledError goes back to its loop; a single
+    cancel() would then leave stop() waiting forever. Bounded: after the last round the
+    stragglers are logged and abandoned rather than hanging the shutdown.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds_max):
+        if not pending:
+            return
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in pending:
+            task.cancel()
+    for task in pending:
+        log.warning("background task did not stop", task=task.get_name())
