@@ -11,7 +11,8 @@ Measures, on this machine, in this process:
 3. the hot path: Encrypt and Decrypt through a real node's key service (in process, no
    network) with each provider, and how many root key calls those requests made (the
    material cache makes it zero);
-4. the cold path: the first Decrypt after a restart, which unwraps once.
+4. the cold path: a Decrypt that misses the cache (as the first use of a key version
+   after a restart does), which unwraps once.
 
 Prints a table and writes the figures as JSON (default bench-results/root-key.json).
 SoftHSM2 is a software token: a network HSM adds its round trip to every PKCS#11 figure
@@ -49,6 +50,7 @@ CALLER = Caller(principal_arn="arn:meridian:iam::000000000000:user/bench")
 AAD = b"meridian/key-material/v1\x00bench\x00" + bytes(32)
 MATERIAL = os.urandom(32)
 REPEATS = 5  # each figure is the median of this many timed runs
+CACHE_MISSES = 50
 
 
 class Counting:
@@ -103,7 +105,7 @@ async def provider_figures(provider: RootKeyProvider, count: int) -> dict[str, f
 async def hot_path(provider: RootKeyProvider, config: NodeConfig, count: int) -> dict[str, float]:
     """Encrypt/Decrypt through a real node's key service; the root key calls they caused."""
     counting = Counting(provider)
-    # A ring without closers: the provider outlives the nodes started on it here.
+    # A ring without closers: the provider outlives the node started on it here.
     async with serving(config, RootKeyRing(counting)) as service:
         key = await service.create_key(CALLER, CreateKeyRequest())
         blob = (await encrypt(service, key.key_id)).ciphertext_blob
@@ -111,20 +113,23 @@ async def hot_path(provider: RootKeyProvider, config: NodeConfig, count: int) ->
         encrypt_us = await per_operation_us(lambda: encrypt(service, key.key_id), count)
         decrypt_us = await per_operation_us(lambda: decrypt(service, blob), count)
         hot_calls = counting.calls - calls_before
-    # A restarted node: same data, empty cache. The first Decrypt unwraps once.
-    async with serving(config, RootKeyRing(counting)) as service:
+        # A cache miss, as the first use of a key version after a restart is: one unwrap.
+        misses: list[float] = []
         calls_before = counting.calls
-        started = time.perf_counter()
-        await decrypt(service, blob)
-        cold_us = (time.perf_counter() - started) * 1e6
-        cold_calls = counting.calls - calls_before
+        for _ in range(CACHE_MISSES):
+            service.forget_materials(key.key_id)
+            started = time.perf_counter()
+            await decrypt(service, blob)
+            misses.append((time.perf_counter() - started) * 1e6)
+        cold_us = statistics.median(misses)
+        cold_calls = (counting.calls - calls_before) / CACHE_MISSES
     return {
         "encrypt_us": encrypt_us,
         "decrypt_us": decrypt_us,
         "root_key_calls_during_hot_requests": hot_calls,
         "hot_requests": 2 * (count * REPEATS + 1),
-        "first_decrypt_after_restart_us": cold_us,
-        "root_key_calls_for_first_decrypt": cold_calls,
+        "decrypt_on_cache_miss_us": cold_us,
+        "root_key_calls_on_cache_miss": cold_calls,
     }
 
 
@@ -250,14 +255,14 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "hot path through the key service (64-byte plaintext), microseconds", ""]
     lines.append(
         f"{'provider':<34}{'Encrypt':>10}{'Decrypt':>10}{'root key calls':>16}"
-        f"{'cold Decrypt':>14}{'its calls':>11}"
+        f"{'cache miss':>14}{'its calls':>11}"
     )
     for name, figures in results["hot_path"].items():
         calls = f"{figures['root_key_calls_during_hot_requests']}/{figures['hot_requests']}"
         lines.append(
             f"{name:<34}{figures['encrypt_us']:>10.1f}{figures['decrypt_us']:>10.1f}"
-            f"{calls:>16}{figures['first_decrypt_after_restart_us']:>14.1f}"
-            f"{figures['root_key_calls_for_first_decrypt']:>11}"
+            f"{calls:>16}{figures['decrypt_on_cache_miss_us']:>14.1f}"
+            f"{figures['root_key_calls_on_cache_miss']:>11.2f}"
         )
     return "\n".join(lines)
 
