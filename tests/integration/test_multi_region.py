@@ -30,9 +30,7 @@ from meridian.proto.replication.v1 import replication_pb2_grpc
 from meridian.proto.replication_admin.v1 import replication_admin_pb2 as admin_pb
 from meridian.proto.replication_admin.v1 import replication_admin_pb2_grpc
 from meridian.server.domain.model import KeyVersion
-from meridian.server.domain.multi_region_codec import (
-    state_digest,
-)
+from meridian.server.domain.multi_region import state_digest
 from meridian.server.domain.service import material_aad
 from meridian.server.storage.replication_repository import SqliteReplicationWriter
 
