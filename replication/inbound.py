@@ -1,0 +1,246 @@
+"""The receiving side of the log: one batch, applied in one storage transaction.
+
+For each record of a batch: the sans-IO decision (``core.apply.apply_record``) on the
+region's view and key row, then what it implies in storage — the new view, a replica key
+row created (Creating or Enabled), material wrapped by the region root key, the key's new
+state or current version, a deletion window started, this region's own record appended —
+and finally the origin's new inbound position. The caller (``ReplicationEngine``) runs it
+inside one shielded write transaction, so all of it commits together or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from meridian.proto.replication.v1 import replication_pb2 as pb
+from meridian.replication.codec import IncomingEntry, OpenedBatch
+from meridian.replication.core.apply import Decision, LocalKey, Outcome, apply_record
+from meridian.replication.core.receiver import (
+    ApplyFrom,
+    Duplicate,
+    Gap,
+    InboundPosition,
+    plan_entries,
+    position_after_snapshot,
+)
+from meridian.server.domain import identifiers, validation
+from meridian.server.domain.crypto.rootkey import RootKeyProvider
+from meridian.server.domain.model import Key, KeyState, KeyVersion
+from meridian.server.domain.multi_region import ABSENT, Record, SharedState
+from meridian.server.domain.multi_region_service import MultiRegionService
+from meridian.server.domain.service import material_aad
+from meridian.server.storage.replication_repository import SqliteReplicationWriter
+from meridian.server.storage.repository import SqliteWriter, from_us, to_us
+
+log = structlog.get_logger("meridian.replication")
+
+
+@dataclass
+class BatchResult:
+    response: pb.PushResponse
+    emitted: bool = False
+    changed: dict[str, SharedState] = field(default_factory=dict)
+
+
+class BatchApplier:
+    def __init__(
+        self,
+        *,
+        region: str,
+        account_id: str,
+        root_key: RootKeyProvider,
+        multi_region: MultiRegionService,
+    ) -> None:
+        self.region = region
+        self.account_id = account_id
+        self._root_key = root_key
+        self._multi_region = multi_region
+        self.entries_applied = 0
+
+    async def apply(self, tx: SqliteWriter, batch: OpenedBatch, now: datetime) -> BatchResult:
+        """The whole batch in the caller's transaction: each record's decision and what it
+        implies, and the new inbound position, committed together or not at all."""
+        origin = batch.origin_region
+        writer = SqliteReplicationWriter(tx.connection)
+        row = await writer.inbound(origin)
+        position = None if row is None else InboundPosition(row.log_id, row.applied_seq)
+        if batch.snapshot is None:
+            plan = plan_entries(
+                position,
+                log_id=batch.log_id,
+                first_seq=batch.entries[0].seq,
+                last_seq=batch.entries[-1].seq,
+            )
+            if isinstance(plan, Gap):
+                return BatchResult(
+                    pb.PushResponse(outcome=pb.PushResponse.GAP, applied_seq=plan.position)
+                )
+            if isinstance(plan, Duplicate):
+                log.info("ignored a duplicate batch", peer=origin, position=plan.position)
+                return BatchResult(
+                    pb.PushResponse(outcome=pb.PushResponse.DUPLICATE, applied_seq=plan.position)
+                )
+            assert isinstance(plan, ApplyFrom)
+            todo = [entry for entry in batch.entries if entry.seq > plan.skip_through]
+            new_position = batch.entries[-1].seq
+        else:
+            todo = list(batch.entries)
+            through, last = batch.snapshot
+            new_position = position_after_snapshot(
+                position, log_id=batch.log_id, through_seq=through, last_chunk=last
+            )
+        result = BatchResult(pb.PushResponse(outcome=pb.PushResponse.APPLIED))
+        refused = 0
+        for entry in todo:
+            outcome, did_emit = await self._apply_entry(tx, writer, origin, entry, now)
+            refused += outcome is Outcome.REFUSED
+            result.emitted = result.emitted or did_emit
+            if outcome is Outcome.APPLIED:
+                result.changed[entry.record.state.key_id] = entry.record.state
+        await writer.set_inbound(origin, batch.log_id, new_position, now_us=to_us(now))
+        self.entries_applied += len(todo)
+        result.response.applied_seq = new_position
+        result.response.refused_records = refused
+        return result
+
+    async def _apply_entry(
+        self,
+        tx: SqliteWriter,
+        writer: SqliteReplicationWriter,
+        origin: str,
+        entry: IncomingEntry,
+        now: datetime,
+    ) -> tuple[Outcome, bool]:
+        record = entry.record
+        key_id = record.state.key_id
+        found = await writer.get_state(key_id)
+        key = await tx.get_key(key_id)
+        if key is not None and not key.multi_region:
+            log.warning("refused a record for a single-Region key id", peer=origin, key_id=key_id)
+            return Outcome.REFUSED, False
+        local = None
+        if key is not None:
+            local = LocalKey(
+                state=key.state,
+                current_material_id=key.current_material_id,
+                held=await writer.held_material_ids(key_id),
+            )
+        decision = apply_record(
+            region=self.region,
+            state=None if found is None else found[0],
+            meta=None if found is None else found[1],
+            key=local,
+            record=record,
+            attached=frozenset(entry.materials),
+            now_us=to_us(now),
+        )
+        if decision.outcome is Outcome.REFUSED:
+            log.warning(
+                "refused a replication record",
+                peer=origin,
+                author=record.author_region,
+                key_id=key_id,
+                reason=decision.reason,
+            )
+            return decision.outcome, False
+        if decision.outcome is Outcome.IGNORED:
+            return decision.outcome, False
+        if decision.outcome is Outcome.UNCHANGED:
+            if found is not None and decision.meta is not None and decision.meta != found[1]:
+                await writer.put_meta(key_id, decision.meta)
+            return decision.outcome, False
+        key = await self._write_decision(tx, writer, key, decision, entry.materials, now)
+        return decision.outcome, decision.emit
+
+    async def _write_decision(
+        self,
+        tx: SqliteWriter,
+        writer: SqliteReplicationWriter,
+        key: Key | None,
+        decision: Decision,
+        materials: dict[bytes, bytes],
+        now: datetime,
+    ) -> Key | None:
+        state = decision.state
+        assert state is not None
+        assert decision.meta is not None
+        key_id = state.key_id
+        now_us = to_us(now)
+        await writer.put_state(state, decision.meta, now_us=now_us)
+        versions = {
+            material_id: KeyVersion(
+                key_id=key_id,
+                material_id=material_id,
+                created_at=from_us(state.versions[material_id].created_at_us),
+                wrapped_material=await self._root_key.wrap(
+                    materials[material_id], aad=material_aad(key_id, material_id)
+                ),
+            )
+            for material_id in sorted(decision.store_materials)
+        }
+        promoted = False
+        if decision.create_replica is not None:
+            assert decision.key_state is not None
+            assert decision.current_material_id is not None
+            request = decision.create_replica
+            key = Key(
+                key_id=key_id,
+                arn=identifiers.key_arn(self.region, self.account_id, key_id),
+                account_id=self.account_id,
+                region=self.region,
+                created_at=now,
+                description=request.description,
+                key_spec=state.key_spec,
+                key_usage=state.key_usage,
+                origin=state.origin,
+                state=decision.key_state,
+                policy=request.policy or validation.default_key_policy(self.account_id),
+                current_material_id=decision.current_material_id,
+                multi_region=True,
+            )
+            key.check_invariants()
+            await tx.insert_key(key, versions.pop(decision.current_material_id))
+            if request.tags:
+                await tx.put_tags(key_id, request.tags)
+            log.info(
+                "created a replica key",
+                key_id=key_id,
+                state=key.state.value,
+                primary=state.primary_region,
+            )
+        for version in versions.values():
+            await writer.insert_version(version)
+        if key is not None and decision.create_replica is None:
+            changed = False
+            if decision.key_state is not None:
+                key.state = decision.key_state
+                if key.state is not KeyState.PENDING_DELETION:
+                    key.deletion_date = None
+                changed = True
+            if decision.current_material_id is not None:
+                promoted = state.primary_region == self.region
+                key.current_material_id = decision.current_material_id
+                changed = True
+            if decision.start_deletion_window:
+                key.state = KeyState.PENDING_DELETION
+                days = key.pending_window_days or validation.PENDING_WINDOW_DAYS_DEFAULT
+                key.deletion_date = now + timedelta(days=days)
+                key.pending_window_days = days
+                changed = True
+            if changed:
+                await tx.update_key(key)
+            if promoted and self._multi_region.version_promoted is not None:
+                await self._multi_region.version_promoted(tx, key, key.current_material_id)
+        if decision.emit:
+            await writer.append_record(
+                Record(
+                    author_region=self.region,
+                    author_key_state=key.state.value if key is not None else ABSENT,
+                    state=state,
+                ),
+                now_us=now_us,
+            )
+        return key
