@@ -10,6 +10,7 @@ is never acknowledged.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meridian.replication.sim.node import KeyRow, SimNode
@@ -70,9 +71,8 @@ class Operations:
     acknowledged_versions: dict[str, dict[bytes, bytes]]
     ciphertexts: list[Ciphertext]
     stats: Stats
-
-    def local_time(self, region: str) -> float:
-        raise NotImplementedError  # the world's clocks
+    # The world's per-region clocks (skewed), provided by ``World.local_time``.
+    local_time: Callable[[str], float]
 
     def _now_us(self, node: SimNode) -> int:
         return int(self.local_time(node.region) * 1e6)
