@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OPERATIONS = "Encrypt,Decrypt,GenerateDataKey,ReEncrypt,CreateKey"
+DEFAULT_OPERATIONS = (
+    "Encrypt,Decrypt,GenerateDataKey,ReEncrypt,GenerateMac,Sign-ECC_NIST_P256,"
+    "Verify-ECC_NIST_P256,Sign-ML_DSA_65,Verify-ML_DSA_65,CreateKey"
+)
+# Per-run defaults, and the shorter ones of --quick (a look in about two minutes).
+RUN_DEFAULTS = {"duration": 5.0, "warmup": 1.0}
+QUICK_DEFAULTS = {"duration": 1.5, "warmup": 0.5}
+DEFAULT_OUTPUT = Path("bench-results/latest.json")
+WORKERS_OUTPUT = Path("bench-results/workers.json")
 
 
 def register(subparsers: Any) -> None:
@@ -16,22 +24,79 @@ def register(subparsers: Any) -> None:
         description="Starts a local node, measures each operation and the empty gRPC call "
         "(same stack, TLS on) side by side, then moto's KMS server with the same operations.",
     )
-    parser.add_argument("--operations", default=DEFAULT_OPERATIONS, help="comma-separated")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument(
+        "--operations",
+        "--ops",
+        default=DEFAULT_OPERATIONS,
+        help=f"comma-separated workloads, or `all` (default: {DEFAULT_OPERATIONS})",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="seconds per run (5)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds before measuring (1)")
+    parser.add_argument("--quick", action="store_true", help="1.5 s runs after 0.5 s of warm-up")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
-    parser.add_argument("--payload-bytes", type=int, default=1024)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every run this many times, interleaved; the tables show medians",
+    )
+    parser.add_argument(
+        "--payload-bytes", "--payload", type=int, default=1024, help="plaintext/message bytes"
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip moto")
-    parser.add_argument("--output", type=Path, default=Path("bench-results/latest.json"))
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy the audit-on node during each operation; collapsed stacks in DIR",
+    )
+    parser.add_argument(
+        "--no-audit-off",
+        action="store_true",
+        help="skip the second node with `[audit] enabled = false`",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="e.g. 1,2: compare a node run as that many worker processes "
+        "(cli/bench/workers_scaling.py) instead of the side-by-side run",
+    )
+    # `--scale 1000,100000,1000000`: keys in a region (cli/bench/scale.py).
+    from meridian.cli.bench import scale
+
+    scale.add_arguments(parser)
+    # `--replication`: lag and catch-up on a two-region cluster (cli/bench/replication.py).
+    from meridian.cli.bench import replication
+
+    replication.add_arguments(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.replication:
+        from meridian.cli.bench import replication
+
+        return replication.run_from_bench(args, default_output=DEFAULT_OUTPUT)
+    for name, value in (QUICK_DEFAULTS if args.quick else RUN_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.workers:
+        return _run_workers(args)
+    if args.scale:
+        from meridian.cli.bench import scale
+
+        return scale.run_from_arguments(args)
+    from meridian.cli.bench.batches import batch_summary
+    from meridian.cli.bench.display import Display, per_target, side_by_side
     from meridian.cli.bench.runner import BenchOptions, run
-    from meridian.cli.bench.workloads import workload
+    from meridian.cli.bench.workloads import WORKLOADS, workload
 
     operations = [name.strip() for name in args.operations.split(",") if name.strip()]
+    if [name.lower() for name in operations] == ["all"]:
+        operations = [w.name for w in WORKLOADS if w.name != "Empty"]
     try:
         for name in operations:
             workload(name)
@@ -46,19 +111,60 @@ def _run(args: argparse.Namespace) -> int:
         processes=args.processes,
         payload_bytes=args.payload_bytes,
         peer=not args.no_peer,
+        audit_off=not args.no_audit_off,
+        rounds=max(1, args.rounds),
+        profile_dir=args.profile,
         output=args.output,
     )
-    document = run(options)
+    display = Display()
+    document = run(options, display)
+    display.console.print()
+    display.console.print(per_target(document["results"]))
+    display.console.print(side_by_side(document))
+    display.note(
+        "of ceiling: ops/s as a fraction of the empty gRPC call's; on / off: audit on as a "
+        "fraction of audit off; n/a: the peer has no such operation"
+    )
+    for line in batch_summary(document["ratios"]):
+        display.note(line)
+    display.note(f"written to {options.output}")
+    errors = sum(result["errors"] for result in document["results"])
+    return 1 if errors else 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from meridian.cli.bench.workers_scaling import ScalingOptions, run_scaling
+    from meridian.cli.bench.workloads import workload
+
+    try:
+        counts = [int(value) for value in args.workers.split(",") if value.strip()]
+        if not counts or any(count < 1 for count in counts):
+            raise ValueError("--workers takes worker counts of 1 or more, e.g. 1,2")
+        operations = [workload(name.strip()).name for name in args.operations.split(",")]
+    except ValueError as error:
+        print(f"meridian bench: {error}")
+        return 2
+    options = ScalingOptions(
+        workers=counts,
+        operations=operations,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        concurrency=args.concurrency,
+        processes=args.processes,
+        payload_bytes=args.payload_bytes,
+        # Its own file unless one is named: it is a different document.
+        output=args.output if args.output != DEFAULT_OUTPUT else WORKERS_OUTPUT,
+    )
+    document = run_scaling(options)
     print()
-    header = ("operation", "meridian ops/s", "of ceiling", "p99/ceil p99", "vs moto")
-    print(f"{header[0]:<16} {header[1]:>15} {header[2]:>11} {header[3]:>13} {header[4]:>8}")
-    by_key = {(r["target"], r["operation"]): r for r in document["results"]}
-    for operation, row in document["ratios"].items():
-        ops = by_key[("meridian", operation)]["ops_per_s"]
-        print(
-            f"{operation:<16} {ops:>15.1f} {row.get('of_ceiling', float('nan')):>11.2f}"
-            f" {row.get('p99_vs_ceiling_p99', float('nan')):>13.2f}"
-            f" {row.get('vs_moto', float('nan')):>8.1f}"
+    print("throughput as a multiple of the first count's (and per core the node got):")
+    per_core = document["scaling_per_node_core"]
+    for operation, row in document["scaling"].items():
+        multiples = "  ".join(
+            f"{count} workers: x{value:.2f} (x{per_core[operation][count]:.2f}/core)"
+            for count, value in row.items()
         )
+        print(f"{operation:<22} {multiples}")
     print(f"\nwritten to {options.output}")
-    return 0
+    errors = sum(row["errors"] for row in document["results"])
+    return 1 if errors else 0

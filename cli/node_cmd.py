@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meridian.cli import rewrap_cmd
+from meridian.cli import rewrap_cmd, seed_cmd
 from meridian.server.config import ConfigError, load_config
 
 
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
     actions = parser.add_subparsers(dest="node_action", metavar="ACTION")
     rewrap_cmd.register(actions)
+    seed_cmd.register(actions)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,6 +36,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"meridian node: {error}", file=sys.stderr)
         return 1
     configure_logging(config.log_level, region=config.region)
+    if config.workers > 1:
+        # A supervisor of several worker processes on one port (server/workers.py).
+        from meridian.server.workers import run_workers
+
+        return run_workers(config)
     try:
         asyncio.run(serve(config))
     except NodeStartError as error:

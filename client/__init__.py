@@ -29,6 +29,12 @@ from meridian.client.access_results import (
     MatchedStatement,
     SimulatePrincipalPolicyResult,
 )
+from meridian.client.batch_results import (
+    BatchResult,
+    DecryptItem,
+    EncryptItem,
+    GenerateDataKeyItem,
+)
 from meridian.client.breaker import BreakerPolicy, BreakerState
 from meridian.client.clock import Clock, ManualClock, SystemClock
 from meridian.client.cluster_file import ClusterFile, ClusterRegion, load_cluster_file
@@ -38,6 +44,7 @@ from meridian.client.errors import (
     ClientClosedError,
     ClientConfigError,
     ClusterFileError,
+    ConflictException,
     DependencyTimeoutException,
     DisabledException,
     ExpiredImportTokenException,
@@ -127,6 +134,7 @@ __all__ = [
     "AlreadyExistsException",
     "AsyncChannelFactory",
     "AsyncKmsClient",
+    "BatchResult",
     "BreakerPolicy",
     "BreakerState",
     "CancelKeyDeletionResult",
@@ -138,10 +146,12 @@ __all__ = [
     "ClusterFile",
     "ClusterFileError",
     "ClusterRegion",
+    "ConflictException",
     "ContextEntry",
     "CreateGrantResult",
     "CreateKeyResult",
     "DecapsulateResult",
+    "DecryptItem",
     "DecryptResult",
     "DeleteImportedKeyMaterialResult",
     "DependencyTimeoutException",
@@ -150,10 +160,12 @@ __all__ = [
     "DisabledException",
     "EmptyResult",
     "EncapsulateResult",
+    "EncryptItem",
     "EncryptResult",
     "EvaluationResult",
     "ExpiredImportTokenException",
     "ForcePrimaryRegionResult",
+    "GenerateDataKeyItem",
     "GenerateDataKeyPairResult",
     "GenerateDataKeyPairWithoutPlaintextResult",
     "GenerateDataKeyResult",

@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 
 from meridian.client import _core
+from meridian.client._batch_methods import AsyncBatchMethods
 from meridian.client._core import (
     BaseKmsClient,
     ContextEntriesArgument,
@@ -65,7 +66,11 @@ AsyncChannelFactory = Callable[[str, str], grpc.aio.Channel]
 
 
 class AsyncKmsClient(
-    BaseKmsClient, AsyncKeyTypeMethods, AsyncUsageMethods, AsyncReplicationMethods
+    BaseKmsClient,
+    AsyncKeyTypeMethods,
+    AsyncUsageMethods,
+    AsyncReplicationMethods,
+    AsyncBatchMethods,
 ):
     """An asyncio Meridian KMS client over one gRPC channel per region.
 

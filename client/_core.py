@@ -149,6 +149,9 @@ class Operation(Generic[RequestT, ResponseT, ResultT]):
     repeatable: bool = True
     placement: Placement = Placement.DEFINITE
     hedge: bool = False
+    # Where ``route_by`` reads from when it is not the request's own fields: the batch
+    # operations route by their items' key ids (client/_batch_methods.py).
+    route_fields: Callable[[Mapping[str, object]], Mapping[str, object]] | None = None
 
 
 CREATE_KEY = Operation(
@@ -718,7 +721,7 @@ class BaseKmsClient:
         timeout = self._timeout_s if timeout_s is None else _checked_timeout(timeout_s)
         call_route = route(
             operation.placement,
-            fields,
+            fields if operation.route_fields is None else operation.route_fields(fields),
             operation.route_by,
             regions=self._router.regions,
             home_region=self._router.home_region,

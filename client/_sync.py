@@ -13,6 +13,7 @@ import grpc
 from grpc_status import rpc_status
 
 from meridian.client import _core
+from meridian.client._batch_methods import BatchMethods
 from meridian.client._core import (
     BaseKmsClient,
     ContextEntriesArgument,
@@ -65,7 +66,7 @@ ChannelFactory = Callable[[str, str], grpc.Channel]
 """``channel_factory(region, endpoint) -> grpc.Channel``; the client closes what it returns."""
 
 
-class KmsClient(BaseKmsClient, KeyTypeMethods, UsageMethods, ReplicationMethods):
+class KmsClient(BaseKmsClient, KeyTypeMethods, UsageMethods, ReplicationMethods, BatchMethods):
     """A blocking Meridian KMS client over one gRPC channel per region.
 
     Use it as a context manager (or call close()); channels are opened on a

@@ -34,6 +34,7 @@ Errors the client raises itself, before anything reaches the wire, are not
     │   ├── IncorrectKeyMaterialException      INVALID_ARGUMENT
     │   ├── DisabledException                  FAILED_PRECONDITION
     │   ├── KMSInvalidStateException           FAILED_PRECONDITION
+    │   ├── ConflictException                  FAILED_PRECONDITION (a rotation in progress)
     │   ├── AccessDeniedException              PERMISSION_DENIED or UNAUTHENTICATED
     │   ├── LimitExceededException             RESOURCE_EXHAUSTED
     │   ├── ThrottlingException                RESOURCE_EXHAUSTED
@@ -61,6 +62,7 @@ __all__ = [
     "ClientClosedError",
     "ClientConfigError",
     "ClusterFileError",
+    "ConflictException",
     "DependencyTimeoutException",
     "DisabledException",
     "ExpiredImportTokenException",
@@ -211,6 +213,10 @@ class KMSInvalidStateException(KmsError):
     pass
 
 
+class ConflictException(KmsError):
+    pass
+
+
 class AccessDeniedException(KmsError):
     pass
 
@@ -293,6 +299,7 @@ _BY_REASON: dict[str, type[KmsError]] = {
         IncorrectKeyMaterialException,
         DisabledException,
         KMSInvalidStateException,
+        ConflictException,
         AccessDeniedException,
         LimitExceededException,
         ThrottlingException,

@@ -31,7 +31,7 @@ from meridian.server.domain.crypto.peer_wrap import (
     check_commitment,
     seal_bundle,
 )
-from meridian.server.domain.multi_region import Record
+from meridian.server.domain.multi_region import Record, ReplicaRequest
 
 BATCH_CONTEXT = b"meridian/replication/v1/batch"
 LOG_ID_BYTES = 16
@@ -149,7 +149,11 @@ def open_batch(
         if first < 1 or any(e.seq != first + i for i, e in enumerate(batch.entries)):
             raise BatchError("entry sequence numbers are not contiguous from 1 up")
     try:
-        records = [record_from_proto(entry.record) for entry in batch.entries]
+        checked_requests: set[ReplicaRequest] = set()
+        records = [
+            record_from_proto(entry.record, checked_requests=checked_requests)
+            for entry in batch.entries
+        ]
     except WireError as error:
         raise BatchError(str(error)) from None
     materials = _open_materials(batch, records, receiver)

@@ -96,6 +96,11 @@ Synchronized = Callable[[str, dict[str, str | int | bool]], Awaitable[None]]
 # leaves room for the signature, the bundle header and the framing. One record is at most
 # ~150 KiB (1,000 versions), so one always fits.
 BATCH_BYTES_MAX = 512 * 1024
+# Audit events of one applied batch handed to the trail at once: a bound well below the
+# trail's queue (20,000 records by default), so a large batch never fills it alone.
+AUDIT_EVENTS_IN_FLIGHT_MAX = 1024
+# Applied batches whose audit events are still being recorded (back-pressure beyond).
+REPORTS_IN_FLIGHT_MAX = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,8 @@ class PeerLink:
     # written down (the receiver's own position is the authoritative one).
     head_seq_seen: int = 0
     ack_persisted_at_s: float = float("-inf")
+    # The peer's latest acknowledged position not yet written down (None: written).
+    ack_unpersisted: int | None = None
 
     def acknowledged(self) -> None:
         self.progress.set()
@@ -175,6 +182,7 @@ class ReplicationEngine:
         self.log_id = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._transactions: set[asyncio.Task[object]] = set()
+        self._reports: set[asyncio.Future[None]] = set()
         # Called after a batch commits, once per key it changed here: the audit trail's
         # SynchronizeMultiRegionKey service event (as CloudTrail records MRK syncs).
         self.on_synchronized: Synchronized | None = None
@@ -198,8 +206,10 @@ class ReplicationEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        # Transactions whose callers were cancelled still finish before the store closes.
+        # Transactions whose callers were cancelled still finish before the store closes,
+        # and so do the audit events of applied batches.
         await asyncio.gather(*self._transactions, return_exceptions=True)
+        await asyncio.gather(*self._reports, return_exceptions=True)
         for link in self.links.values():
             await link.transport.close()
 
@@ -241,19 +251,35 @@ class ReplicationEngine:
 
     async def _ship_once(self, link: PeerLink) -> None:
         shipper = link.shipper
+        woken = link.wakeup.is_set()
         link.wakeup.clear()
-        # Read through the write lock: an append that is still committing is then visible
-        # (a shipper woken from inside a transaction must not miss it).
-        bounds = await self._transaction(
-            lambda tx: SqliteReplicationWriter(tx.connection).log_bounds()
-        )
+        # The committed log, read without the write lock: the lock is queued behind every
+        # write of the region, and waiting there was most of a busy region's lag.
+        bounds = await self._reader.log_bounds()
         assert bounds is not None
-        link.head_seq_seen = bounds.head_seq
         now = self._now_s()
         action = shipper.next_action(
             now, retained_first_seq=bounds.first_retained_seq, head_seq=bounds.head_seq
         )
+        if isinstance(action, Idle) and woken and action.until is None:
+            # Woken, yet nothing new: the append that woke us may still be committing (the
+            # hook runs inside its transaction). Read again behind the write lock, which
+            # that transaction holds, so that it is never missed. (An Idle answer changed
+            # nothing in the shipper, so asking again is safe.)
+            bounds = await self._transaction(
+                lambda tx: SqliteReplicationWriter(tx.connection).log_bounds()
+            )
+            assert bounds is not None
+            now = self._now_s()
+            action = shipper.next_action(
+                now, retained_first_seq=bounds.first_retained_seq, head_seq=bounds.head_seq
+            )
+        link.head_seq_seen = bounds.head_seq
         if isinstance(action, Idle):
+            if link.ack_unpersisted is not None:
+                # Nothing to ship: write the peer's position down now, off the path of
+                # any batch (an append meanwhile sets ``wakeup``, seen below).
+                await self._persist_ack(link)
             delay = self.settings.idle_poll_s
             if action.until is not None:
                 delay = min(delay, max(0.0, action.until - now))
@@ -297,15 +323,23 @@ class ReplicationEngine:
             # Pruned meanwhile: the shipper will see the new tail and snapshot.
             link.shipper.on_failure(self._now_s(), "outbox entries pruned; resynchronising")
             return
-        entries: list[OutgoingEntry] = []
+        # Records are chosen up to ~BATCH_BYTES_MAX, then cut again once their materials
+        # are known (each adds its bytes and ~64 of framing): at least one entry always.
+        chosen: list[tuple[int, Record, int]] = []
         size = 0
         for row in rows:
-            record = decode_record(row.record)
-            materials = await self._materials_for(peer.region, record.state)
-            entries.append(OutgoingEntry(seq=row.seq, record=record, materials=materials))
-            size += len(row.record) + sum(len(m) + 64 for m in materials.values())
+            chosen.append((row.seq, decode_record(row.record), len(row.record)))
+            size += len(row.record)
             if size >= BATCH_BYTES_MAX:
                 break
+        materials = await self._materials_for_all(peer.region, [r.state for _, r, _ in chosen])
+        entries: list[OutgoingEntry] = []
+        size = 0
+        for (seq, record, record_bytes), found in zip(chosen, materials, strict=True):
+            if entries and size >= BATCH_BYTES_MAX:
+                break
+            entries.append(OutgoingEntry(seq=seq, record=record, materials=found))
+            size += record_bytes + sum(len(m) + 64 for m in found.values())
         request = seal_batch(
             await self.identity.get(),
             peer,
@@ -317,31 +351,44 @@ class ReplicationEngine:
         response = await link.transport.push(request, timeout_s=self.settings.rpc_timeout_s)
         position = int(response.applied_seq)
         link.shipper.on_position(self._now_s(), position)
+        # Waiters (ReplicateKey) learn of the acknowledgement before it is written down.
+        link.acknowledged()
         if response.outcome != pb.PushResponse.GAP:
             link.entries_shipped += len(entries)
             await self._acknowledged(link, position)
-        link.acknowledged()
 
     async def _send_snapshot(self, link: PeerLink, action: SendSnapshot) -> None:
         peer = await self._pinned(link.config.region)
         limit = self.settings.limits.snapshot_keys_max
         states = await self._reader.states_after(action.after_key_id, limit=limit + 1)
         chunk: list[SharedState] = []
-        entries = []
+        records: list[Record] = []
         size = 0
+        keys = await self._reader.keys_of(state.key_id for state, _meta in states[:limit])
+        sizes: list[int] = []
         for state, _meta in states[:limit]:
-            key = await self._store.reader.get_key(state.key_id)
+            key = keys.get(state.key_id)
             record = Record(
                 author_region=self.region,
                 author_key_state=key.state.value if key is not None else ABSENT,
                 state=state,
             )
-            materials = await self._materials_for(peer.region, state)
-            entries.append(OutgoingEntry(seq=0, record=record, materials=materials))
+            records.append(record)
             chunk.append(state)
-            size += len(encode_record(record)) + sum(len(m) + 64 for m in materials.values())
+            sizes.append(len(encode_record(record)))
+            size += sizes[-1]
             if size >= BATCH_BYTES_MAX:
                 break
+        materials = await self._materials_for_all(peer.region, chunk)
+        entries: list[OutgoingEntry] = []
+        size = 0
+        for record, record_bytes, found in zip(records, sizes, materials, strict=True):
+            if entries and size >= BATCH_BYTES_MAX:
+                break
+            entries.append(OutgoingEntry(seq=0, record=record, materials=found))
+            size += record_bytes + sum(len(m) + 64 for m in found.values())
+        # The chunk ends where the entries end (the next chunk starts after its last key).
+        del chunk[len(entries) :]
         last = len(chunk) == len(states)
         request = seal_batch(
             await self.identity.get(),
@@ -365,41 +412,70 @@ class ReplicationEngine:
             next_after_key_id=None if last else chunk[-1].key_id,
             position=position,
         )
+        link.acknowledged()
         if last:
             await self._acknowledged(link, position)
-        link.acknowledged()
 
-    async def _materials_for(
-        self, destination: str, record_state: SharedState
-    ) -> dict[bytes, bytes]:
-        """The materials of the versions ``record_state`` names, unwrapped for sealing to
-        ``destination`` — if it is a live member by the record or by the current view."""
-        if not wants_material(destination, record_state):
-            # Only then is the current view needed (the record may predate the membership).
-            current = await self._reader.get_state(record_state.key_id)
-            if not wants_material(destination, None if current is None else current[0]):
-                return {}
-        materials = {}
-        for version in await self._reader.versions(record_state.key_id):
-            if version.material_id in record_state.versions:
-                materials[version.material_id] = await self._root_key.unwrap(
-                    version.wrapped_material,
-                    aad=material_aad(record_state.key_id, version.material_id),
-                )
-        return materials
+    async def _materials_for_all(
+        self, destination: str, record_states: Sequence[SharedState]
+    ) -> list[dict[bytes, bytes]]:
+        """Per record: the materials of the versions its view names, unwrapped for sealing
+        to ``destination`` — if it is a live member by the record or by the current view.
+
+        The current views and stored versions of every key involved are read in two bulk
+        statements for the whole batch (not two per record), and each material is
+        unwrapped once per batch however many records name it.
+        """
+        undecided = {
+            state.key_id for state in record_states if not wants_material(destination, state)
+        }
+        current = await self._reader.states_of(undecided) if undecided else {}
+        wanted = [
+            wants_material(destination, state)
+            or wants_material(destination, current.get(state.key_id, (None, None))[0])
+            for state in record_states
+        ]
+        stored = await self._reader.versions_of(
+            {state.key_id for state, want in zip(record_states, wanted, strict=True) if want}
+        )
+        unwrapped: dict[tuple[str, bytes], bytes] = {}
+        result: list[dict[bytes, bytes]] = []
+        for state, want in zip(record_states, wanted, strict=True):
+            materials: dict[bytes, bytes] = {}
+            if want:
+                for version in stored.get(state.key_id, ()):
+                    if version.material_id not in state.versions:
+                        continue
+                    cache_key = (state.key_id, version.material_id)
+                    if cache_key not in unwrapped:
+                        unwrapped[cache_key] = await self._root_key.unwrap(
+                            version.wrapped_material,
+                            aad=material_aad(state.key_id, version.material_id),
+                        )
+                    materials[version.material_id] = unwrapped[cache_key]
+            result.append(materials)
+        return result
 
     async def _acknowledged(self, link: PeerLink, position: int) -> None:
-        """Write down a peer's position and prune what every peer has acknowledged.
+        """Note a peer's acknowledged position; write it down at most once per
+        ``ACK_PERSIST_INTERVAL_S``, and otherwise when the shipper next goes idle.
 
-        At most once per ``ACK_PERSIST_INTERVAL_S`` while the peer catches up (each write is
-        a durable transaction, and this copy only serves pruning and status: a shipper
-        resumes from the receiver's own position), and always once it has caught up.
+        Each write is a durable transaction, and this copy only serves pruning and status
+        (a shipper resumes from the receiver's own position, and status shows the newer
+        of the two): it need not be in the path of every batch. Under a steady load of
+        small batches that path is the replication lag.
         """
-        now_s = self._now_s()
-        caught_up = position >= link.head_seq_seen
-        if not caught_up and now_s - link.ack_persisted_at_s < ACK_PERSIST_INTERVAL_S:
+        link.ack_unpersisted = position
+        if self._now_s() - link.ack_persisted_at_s >= ACK_PERSIST_INTERVAL_S:
+            await self._persist_ack(link)
+
+    async def _persist_ack(self, link: PeerLink) -> None:
+        """Write down a peer's position and prune what every peer has acknowledged."""
+        position = link.ack_unpersisted
+        if position is None:
             return
-        link.ack_persisted_at_s = now_s
+        link.ack_unpersisted = None
+        link.ack_persisted_at_s = self._now_s()
         peer = link.config.region
         now_us = self._now_us()
 
@@ -586,24 +662,59 @@ class ReplicationEngine:
         result = await self._transaction(lambda tx: self._applier.apply(tx, batch, now))
         if result.emitted:
             self.wake()
-        await self._report_synchronized(batch.origin_region, result.changed)
+        if result.changed and self.on_synchronized is not None:
+            # The audit events of a committed batch need not delay the sender's next batch
+            # (their durability is an fsync of the audit database): they are recorded in
+            # the background, at most REPORTS_IN_FLIGHT_MAX batches behind, and ``stop``
+            # waits for them. A node killed meanwhile loses those events, as it could
+            # before between the commit and the events (the change itself is committed).
+            while len(self._reports) >= REPORTS_IN_FLIGHT_MAX:
+                await asyncio.wait(set(self._reports), return_when=asyncio.FIRST_COMPLETED)
+            report = asyncio.ensure_future(
+                self._report_synchronized(batch.origin_region, result.changed)
+            )
+            self._reports.add(report)
+            report.add_done_callback(self._reports.discard)
         return result.response
 
     async def _report_synchronized(self, origin: str, changed: dict[str, SharedState]) -> None:
+        """One audit event per key the batch changed, recorded together.
+
+        The events are handed to the audit trail all at once (in key order, each appended
+        before its first await) rather than one after another: the trail's group commit then
+        makes them durable in a few commits instead of one per key, which was most of a
+        catch-up batch's time.
+        """
         if self.on_synchronized is None:
             return
-        for key_id, state in changed.items():
-            arn = identifiers.key_arn(self.region, self.account_id, key_id)
-            details: dict[str, str | int | bool] = {
-                "sourceRegion": origin,
-                "primaryRegion": state.primary_region,
-                "epoch": state.epoch,
-            }
-            try:
-                await self.on_synchronized(arn, details)
-            except Exception:
-                # The change is committed; a missing audit event is logged, not undone.
-                log.exception("could not record a replication event", key_id=key_id)
+        report = self.on_synchronized
+        items = list(changed.items())
+        for start in range(0, len(items), AUDIT_EVENTS_IN_FLIGHT_MAX):
+            chunk = items[start : start + AUDIT_EVENTS_IN_FLIGHT_MAX]
+            results = await asyncio.gather(
+                *(
+                    report(
+                        identifiers.key_arn(self.region, self.account_id, key_id),
+                        {
+                            "sourceRegion": origin,
+                            "primaryRegion": state.primary_region,
+                            "epoch": state.epoch,
+                        },
+                    )
+                    for key_id, state in chunk
+                ),
+                return_exceptions=True,
+            )
+            for (key_id, _state), result in zip(chunk, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    # The change is committed; a missing audit event is logged, not undone.
+                    log.error(
+                        "could not record a replication event",
+                        key_id=key_id,
+                        exc_info=result,
+                    )
 
     # ---- status ----------------------------------------------------------------------------
 

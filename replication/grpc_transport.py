@@ -20,12 +20,14 @@ from meridian.server.config import NodeConfig, PeerConfig
 # Replication batches are bounded well below this (engine.BATCH_BYTES_MAX).
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 # gRPC's default reconnect backoff grows to 120 s; the shipper has its own backoff and a
-# peer that comes back should be reached within seconds.
+# peer that comes back should be reached within about a second (a channel in its own
+# backoff fails calls at once, whatever the shipper does).
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

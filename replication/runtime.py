@@ -26,6 +26,7 @@ from meridian.server.domain.clock import Clock
 from meridian.server.domain.crypto.rootkey import RootKeyProvider
 from meridian.server.domain.multi_region_service import MultiRegionService
 from meridian.server.domain.service import KeyService
+from meridian.server.storage.key_material_repository import SqliteKeyMaterialWriter
 from meridian.server.storage.replication_repository import (
     SqliteReplicationRepository,
     SqliteReplicationWriter,
@@ -102,6 +103,13 @@ def open_replication(
         regions=(config.region, *(peer.region for peer in config.peers)),
     )
     service.multi_region = multi_region
+
+    def materials_in(tx: object) -> SqliteKeyMaterialWriter:
+        assert isinstance(tx, SqliteWriter), "the key store's transactions are SqliteWriters"
+        return SqliteKeyMaterialWriter(tx.connection)
+
+    # Rotation of MRKs: staged through multi_region, its tables following the shared view.
+    service.key_types.rotation.attach_multi_region(multi_region, materials_in=materials_in)
     if transport_factory is None:
         credentials = node_client_credentials(config)
         transport_factory = lambda peer: GrpcPeerTransport(peer, credentials)  # noqa: E731

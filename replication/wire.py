@@ -8,6 +8,7 @@ the batch that carried it is refused whole.
 from __future__ import annotations
 
 from meridian.proto.replication.v1 import replication_pb2 as pb
+from meridian.server.domain.key_material import RotationType
 from meridian.server.domain.model import KeySpec, KeyState, KeyUsage, Origin, Tag
 from meridian.server.domain.multi_region import (
     ABSENT,
@@ -16,6 +17,7 @@ from meridian.server.domain.multi_region import (
     MultiRegionStateError,
     Record,
     ReplicaRequest,
+    RotationMark,
     Settings,
     SharedState,
     VersionInfo,
@@ -38,7 +40,11 @@ def record_to_proto(record: Record) -> pb.KeyRecord:
     )
 
 
-def record_from_proto(message: pb.KeyRecord) -> Record:
+def record_from_proto(
+    message: pb.KeyRecord, *, checked_requests: set[ReplicaRequest] | None = None
+) -> Record:
+    """``checked_requests``: replica requests already validated (and so skipped) by the
+    caller, who shares one set across the records of a batch — see ``state_from_proto``."""
     if message.author_key_state not in _AUTHOR_STATES:
         raise WireError("unknown author key state")
     if not message.HasField("state"):
@@ -46,7 +52,7 @@ def record_from_proto(message: pb.KeyRecord) -> Record:
     record = Record(
         author_region=message.author_region,
         author_key_state=message.author_key_state,
-        state=state_from_proto(message.state),
+        state=state_from_proto(message.state, checked_requests=checked_requests),
     )
     if record.author_region not in record.state.members:
         raise WireError("the author of a record is not a member of its key")
@@ -70,6 +76,7 @@ def state_to_proto(state: SharedState) -> pb.SharedState:
             pending_material_id=settings.pending_material_id or b"",
             rotation_enabled=settings.rotation_enabled,
             rotation_period_days=settings.rotation_period_days or 0,
+            next_rotation_us=settings.next_rotation_us,
         ),
         versions=[
             pb.VersionInfo(
@@ -77,6 +84,7 @@ def state_to_proto(state: SharedState) -> pb.SharedState:
                 created_at_us=version.created_at_us,
                 commitment=version.commitment,
                 origin_region=version.origin_region,
+                rotation_type="" if version.rotation_type is None else version.rotation_type.value,
             )
             for version in sorted(state.versions.values(), key=lambda v: v.material_id)
         ],
@@ -97,10 +105,26 @@ def state_to_proto(state: SharedState) -> pb.SharedState:
             )
             for material_id, holders in sorted(state.holders.items())
         ],
+        rotations=[
+            pb.RotationMark(
+                material_id=material_id, rotated_at_us=mark.rotated_at_us, serial=mark.serial
+            )
+            for material_id, mark in sorted(state.rotations.items())
+        ],
     )
 
 
-def state_from_proto(message: pb.SharedState) -> SharedState:
+def state_from_proto(
+    message: pb.SharedState, *, checked_requests: set[ReplicaRequest] | None = None
+) -> SharedState:
+    """The view in ``message``, checked as untrusted input, replica requests included.
+
+    A replica's initial description, policy and tags stay in every later view of its key,
+    and checking a policy document is most of the cost of reading a view; with
+    ``checked_requests`` each distinct request is checked once (and added to the set):
+    the records of one batch share the set, so a batch of many views of keys replicated
+    with the same policy checks that policy once.
+    """
     if not message.HasField("settings"):
         raise WireError("a state without settings")
     settings = message.settings
@@ -115,6 +139,7 @@ def state_from_proto(message: pb.SharedState) -> SharedState:
                 created_at_us=_bounded(item.created_at_us),
                 commitment=bytes(item.commitment),
                 origin_region=item.origin_region,
+                rotation_type=RotationType(item.rotation_type) if item.rotation_type else None,
             )
         members: dict[str, Membership] = {}
         for entry in message.members:
@@ -134,6 +159,14 @@ def state_from_proto(message: pb.SharedState) -> SharedState:
             holders[material_id] = frozenset(
                 (holder.region, _bounded(holder.incarnation)) for holder in holder_set.holders
             )
+        rotations: dict[bytes, RotationMark] = {}
+        for mark in message.rotations:
+            material_id = bytes(mark.material_id)
+            if material_id in rotations:
+                raise WireError("a rotation listed twice")
+            rotations[material_id] = RotationMark(
+                rotated_at_us=_bounded(mark.rotated_at_us), serial=_bounded(mark.serial)
+            )
         state = SharedState(
             key_id=message.key_id,
             key_spec=KeySpec(message.key_spec),
@@ -149,12 +182,23 @@ def state_from_proto(message: pb.SharedState) -> SharedState:
                 pending_material_id=bytes(settings.pending_material_id) or None,
                 rotation_enabled=settings.rotation_enabled,
                 rotation_period_days=settings.rotation_period_days or None,
+                next_rotation_us=_bounded(settings.next_rotation_us)
+                if settings.HasField("next_rotation_us")
+                else None,
             ),
             versions=versions,
             members=members,
             holders=holders,
+            rotations=rotations,
         )
-        check_state(state, requests=True)
+        requests = {m.request for m in members.values() if m.request is not None}
+        if checked_requests is None:
+            check_state(state, requests=True)
+        elif requests <= checked_requests:
+            check_state(state)
+        else:
+            check_state(state, requests=True)
+            checked_requests |= requests
     except (ValueError, MultiRegionStateError) as error:
         if isinstance(error, WireError):
             raise

@@ -71,6 +71,8 @@ class AuditRuntime:
         metrics: NodeMetrics | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
         transport: DigestTransport | None = None,
+        shared_chain: bool = False,
+        sealer: bool = True,
     ) -> AuditRuntime:
         """Open the audit subsystem of a node whose key store is already open."""
         settings = config.audit
@@ -90,6 +92,9 @@ class AuditRuntime:
                 root_key=root_key,
                 randbytes=randbytes,
                 observer=metrics,
+                # Several worker processes: one chain, sealed by worker 0 (server/workers.py).
+                shared_chain=shared_chain,
+                sealer=sealer,
             )
         except BaseException:
             await storage.close()

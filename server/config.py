@@ -26,6 +26,8 @@ from meridian.server.gateway.settings import (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# More processes than this only contend for SQLite's one write lock.
+WORKERS_MAX = 64
 
 
 class ConfigError(Exception):
@@ -89,6 +91,8 @@ class NodeConfig:
     # (server/audit/settings.py).
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    # Worker processes serving `listen` together (server/workers.py); 1 = this process.
+    workers: int = 1
 
     @property
     def database_path(self) -> Path:
@@ -161,6 +165,13 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         access = parse_access(raw.get("access"))
     except AccessConfigError as error:
         raise ConfigError(str(error)) from None
+    workers = raw.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= WORKERS_MAX:
+        raise ConfigError(f"workers must be an integer between 1 and {WORKERS_MAX}")
+    if workers > 1 and peers:
+        # Replication keeps per-peer state (shippers, link health, acknowledgement waits)
+        # in the process that runs it; calls reaching another worker would see none of it.
+        raise ConfigError("workers > 1 is not supported on a node with [[peers]] (replication)")
     try:
         audit = parse_audit_settings(_table(raw, "audit", required=False))
         metrics = parse_metrics_settings(_table(raw, "metrics", required=False))
@@ -180,6 +191,7 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         access=access,
         audit=audit,
         metrics=metrics,
+        workers=workers,
     )
 
 

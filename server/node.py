@@ -27,12 +27,14 @@ from meridian.replication.engine import EngineSettings
 from meridian.replication.runtime import ReplicationRuntime, open_replication
 from meridian.replication.transport import TransportFactory
 from meridian.server.api.authorization import AuthorizationHook
+from meridian.server.api.commit_observer import OtherWorkersCommits
 from meridian.server.api.idempotency import IdempotencyGuard, deduplicating
 from meridian.server.api.interceptor import CallHook, RequestInterceptor
 from meridian.server.api.node_principals import NodePrincipalGuard
 from meridian.server.api.servicer import KeyManagementServicer
 from meridian.server.audit_runtime import AuditRuntime
 from meridian.server.config import NodeConfig
+from meridian.server.data_dir_lock import DataDirBusy, DataDirLock
 from meridian.server.domain.access.authorizer import Authorizer
 from meridian.server.domain.access.service import AccessService
 from meridian.server.domain.clock import Clock, SystemClock
@@ -46,10 +48,12 @@ from meridian.server.key_lifecycle import run_key_lifecycle
 from meridian.server.metrics import NodeMetrics
 from meridian.server.rootkeys import open_root_keys
 from meridian.server.storage.access_repository import SqliteAccessStore
+from meridian.server.storage.commit_counter import SharedCommitCounter
 from meridian.server.storage.idempotency import SqliteIdempotencyRecords
 from meridian.server.storage.key_material_repository import SqliteKeyMaterialStore
 from meridian.server.storage.store import SqliteStore
 from meridian.server.sweeper import run_deletion_sweeper
+from meridian.server.worker_role import WorkerRole
 
 log = structlog.get_logger("meridian.node")
 
@@ -75,11 +79,15 @@ class Node:
     # pass an in-memory network's factory (replication/transport.py).
     replication_transport: TransportFactory | None = None
     replication_settings: EngineSettings | None = None
+    # One of several worker processes of this node (server/workers.py); None: alone.
+    worker: WorkerRole | None = None
 
     def __post_init__(self) -> None:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._store: SqliteStore | None = None
+        # Held from start to stop, so offline tools (seed-keys) refuse to write meanwhile.
+        self._data_dir_lock: DataDirLock | None = None
         self._health_servicer: AsyncHealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.service: KeyService | None = None
@@ -98,13 +106,25 @@ class Node:
         config = self.config
         credentials = _server_credentials(config)
         try:
+            # Shared: a node's worker processes all hold it; seed-keys needs it alone.
+            self._data_dir_lock = DataDirLock.acquire(config.data_dir, role="node", shared=True)
+        except DataDirBusy as error:
+            raise NodeStartError(str(error)) from None
+        except OSError as error:
+            raise NodeStartError(f"cannot lock the data directory: {error}") from None
+        try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
             if self.root_keys is None:
                 self.root_keys = await open_root_keys(config.root_key, randbytes=self.randbytes)
             root_key = self.root_keys
         except (OSError, RootKeyError) as error:
+            self._release_data_dir()
             raise NodeStartError(f"cannot open the root key: {error}") from None
-        self._store = await SqliteStore.open(config.database_path)
+        shares_database = self.worker is not None and self.worker.shares_database
+        self._store = await SqliteStore.open(
+            config.database_path,
+            commits=SharedCommitCounter.in_directory(config.data_dir) if shares_database else None,
+        )
         self.service = KeyService(
             region=config.region,
             account_id=config.account_id,
@@ -141,6 +161,11 @@ class Node:
             clock=self.clock,
             randbytes=self.randbytes,
         )
+        if shares_database:
+            # Another worker's commit clears this worker's caches of committed state.
+            self._store.on_other_writers_commit(self.access.authorizer.identity_policies_changed)
+            self._store.on_other_writers_commit(self.access.authorizer.grants_changed)
+            self._store.on_other_writers_commit(self.service.forget_all_materials)
         self.audit = await AuditRuntime.open(
             config,
             root_key=root_key,
@@ -148,6 +173,8 @@ class Node:
             keys=self._store.reader,
             metrics=self.metrics,
             randbytes=self.randbytes,
+            shared_chain=shares_database,
+            sealer=self._runs_background,
         )
         interceptor = RequestInterceptor(account_id=config.account_id, hooks=self._call_hooks())
         server = grpc.aio.server(
@@ -155,16 +182,21 @@ class Node:
             options=[
                 ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-                ("grpc.so_reuseport", 0),
+                # Worker processes share the port; a lone node must own it.
+                ("grpc.so_reuseport", 1 if shares_database else 0),
             ],
         )
         servicer = KeyManagementServicer(self.service, self.access)
         servicer.last_usage = self.audit.last_usage
+        # Batch operations run each item through the same hooks as a single call.
+        servicer.batch_pipeline = interceptor.pipeline
         audit_services = self.audit.add_servicers(server, self.clock)
         replication_services = replication.add_servicers(server)
         # Retries carrying an idempotency token are answered once (server/api/idempotency.py).
         idempotency = IdempotencyGuard(
-            SqliteIdempotencyRecords(self._store.write_connection), self.clock
+            SqliteIdempotencyRecords(self._store.write_connection),
+            self.clock,
+            shared_store=shares_database,
         )
         kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(
             deduplicating(servicer, idempotency), server
@@ -192,7 +224,7 @@ class Node:
         if self.port == 0:
             await self._abandon_start()
             raise NodeStartError(f"cannot listen on {config.listen} (address in use?)")
-        if config.aws_gateway is not None:
+        if config.aws_gateway is not None and self._runs_background:
             try:
                 # The same servicer and hook pipeline as gRPC: the gateway only translates.
                 self.aws_gateway = await start_aws_gateway(
@@ -214,7 +246,7 @@ class Node:
         # The audit writer runs before the first call arrives: every response waits for it.
         await self.audit.start()
         replication.attach_audit(self.audit.sink)
-        if config.metrics.listen:
+        if config.metrics.listen and self._runs_background:
             self.metrics_port = self.metrics.serve(config.metrics.listen)
             self._tasks.append(
                 asyncio.create_task(
@@ -239,33 +271,39 @@ class Node:
         await health_servicer.set(
             "meridian.kms.v1.KeyManagementService", health_pb2.HealthCheckResponse.SERVING
         )
-        self._tasks.append(
-            asyncio.create_task(
-                run_deletion_sweeper(
-                    self.service,
-                    self.clock,
-                    interval_s=config.sweep_interval_s,
-                    audit=self.audit.sink,
-                ),
-                name="deletion-sweeper",
+        # Background work runs once per node: in worker 0 when there are several.
+        if self._runs_background:
+            self._tasks.append(
+                asyncio.create_task(
+                    run_deletion_sweeper(
+                        self.service,
+                        self.clock,
+                        interval_s=config.sweep_interval_s,
+                        audit=self.audit.sink,
+                    ),
+                    name="deletion-sweeper",
+                )
             )
-        )
-        # Automatic rotation and expiry of imported material (server/key_lifecycle.py).
-        self._tasks.append(
-            asyncio.create_task(
-                run_key_lifecycle(
-                    self.service,
-                    self.clock,
-                    interval_s=config.sweep_interval_s,
-                    audit=self.audit.sink,
-                ),
-                name="key-lifecycle",
+            # Automatic rotation and expiry of imported material (server/key_lifecycle.py).
+            self._tasks.append(
+                asyncio.create_task(
+                    run_key_lifecycle(
+                        self.service,
+                        self.clock,
+                        interval_s=config.sweep_interval_s,
+                        audit=self.audit.sink,
+                    ),
+                    name="key-lifecycle",
+                )
             )
-        )
-        # Shippers start once the node serves: peers may call back at once.
-        await replication.start()
+            # Shippers start once the node serves: peers may call back at once.
+            await replication.start()
         log.info("node ready", listen=config.listen, port=self.port, data_dir=str(config.data_dir))
         return self.port
+
+    @property
+    def _runs_background(self) -> bool:
+        return self.worker is None or self.worker.runs_background
 
     async def _abandon_start(self) -> None:
         """Close what a failed start opened (the audit trail, the store, the root keys)."""
@@ -277,6 +315,12 @@ class Node:
         if self.root_keys is not None:
             # An HSM session stays logged in for the whole process until it is closed.
             await self.root_keys.aclose()
+        self._release_data_dir()
+
+    def _release_data_dir(self) -> None:
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.release()
+            self._data_dir_lock = None
 
     async def _describe_multi_region(self, key: Key) -> None:
         """A multi-Region key's role here, for kms:MultiRegionKeyType in policies."""
@@ -293,7 +337,14 @@ class Node:
         # Authorization first: nothing runs without an allow (DESIGN.md §7.7). Audit next,
         # so its record carries the decision; metrics last, to count the final outcome.
         # Node certificates are refused everything but replication before any policy is read.
+        observe = (
+            # First: a call must not start on caches another worker's commit made stale.
+            [OtherWorkersCommits(self._store.observe_other_writers)]
+            if self._store is not None and self.worker is not None and self.worker.shares_database
+            else []
+        )
         return [
+            *observe,
             NodePrincipalGuard(),
             AuthorizationHook(self.access.authorizer),
             *self.audit.hooks,
@@ -325,6 +376,8 @@ class Node:
             self._store = None
         if self.root_keys is not None:
             await self.root_keys.aclose()
+        # Last: the database is closed, so a tool that takes the lock next sees it all.
+        self._release_data_dir()
         log.info("node stopped")
 
 

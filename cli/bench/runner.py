@@ -1,8 +1,11 @@
-"""Runs the side-by-side benchmark: the empty-call ceiling, Meridian, and moto's KMS.
+"""Runs the side-by-side benchmark: the empty-call ceiling, Meridian with audit on and
+with audit off, and moto's KMS.
 
 All targets run on this machine in the same run, so the ratios hold even on a shared,
-noisy host. Load comes from separate processes; the server's CPU per operation is read
-from /proc before and after each run.
+noisy host: the two Meridian nodes run at the same time and each operation is measured
+on one right after the other, so a burst of load from elsewhere hits both alike. Load
+comes from separate processes; the server's CPU per operation is read from /proc before
+and after each run.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from meridian.cli import cluster
+from meridian.cli.bench import batches
+from meridian.cli.bench.display import Display
 from meridian.cli.bench.loadgen import (
     BotoWorkerSpec,
     GrpcWorkerSpec,
@@ -30,10 +38,21 @@ from meridian.cli.bench.loadgen import (
     run_boto_worker,
     run_grpc_worker,
 )
-from meridian.cli.bench.stats import RunStats, summarize
+from meridian.cli.bench.prepare import prepare_meridian, prepare_peer
+from meridian.cli.bench.profile_summary import describe, summarize_directory
+from meridian.cli.bench.stats import RunStats, median_of, summarize
 from meridian.cli.bench.workloads import Prepared, Workload, workload
 
 REGION = "us-east-1"
+TARGET_CEILING = "ceiling (empty)"
+TARGET_MERIDIAN = "meridian"  # the real configuration: audit on
+TARGET_AUDIT_OFF = "meridian (audit off)"
+TARGET_PEER = "moto"
+# boto3 is synchronous (one thread per call in flight) and moto's server is a threaded
+# Werkzeug app: more threads than this only add contention on its own lock.
+PEER_CONCURRENCY_MAX = 16
+# The CPU window opens this long after the warm-up, once every caller is measuring.
+CPU_WINDOW_DELAY_S = 0.2
 Report = Callable[[str], None]
 
 
@@ -45,8 +64,22 @@ class BenchOptions:
     concurrency: int = 32
     processes: int = 1
     payload_bytes: int = 1024
+    # Every run repeated this many times (interleaved); the tables show medians.
+    rounds: int = 1
     peer: bool = True
+    audit_off: bool = True  # also measure a node with `[audit] enabled = false`
     output: Path = Path("bench-results/latest.json")
+    # py-spy profiles of the audit-on node, one per operation (collapsed stacks).
+    profile_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Node:
+    target: str
+    directory: Path
+    spec: dict[str, Any]  # endpoint and TLS material for the load generator
+    pid: int
+    prepared: Prepared
 
 
 def server_cpu_s(pid: int) -> float:
@@ -70,48 +103,148 @@ def _merge(results: Sequence[WorkerResult]) -> WorkerResult:
     return merged
 
 
+class _CpuWindow:
+    """The server's CPU time from just after the warm-up until the load ends."""
+
+    def __init__(self, pid: int, opens_after_s: float) -> None:
+        self._pid = pid
+        self._opens_at = time.monotonic() + opens_after_s
+        self._before: float | None = None
+
+    def poll(self) -> None:
+        if self._before is None and time.monotonic() >= self._opens_at:
+            self._before = server_cpu_s(self._pid)
+
+    def close(self) -> float | None:
+        if self._before is None:  # the run ended before the window opened
+            return None
+        return server_cpu_s(self._pid) - self._before
+
+
+Submit = Callable[[ProcessPoolExecutor], list[Future[WorkerResult]]]
+
+
+def _submitter(run_worker: Callable[[Any], WorkerResult], spec: object, count: int) -> Submit:
+    def submit(pool: ProcessPoolExecutor) -> list[Future[WorkerResult]]:
+        return [pool.submit(run_worker, spec) for _ in range(count)]
+
+    return submit
+
+
+def _measure(
+    options: BenchOptions,
+    display: Display,
+    label: str,
+    pid: int,
+    processes: int,
+    submit: Submit,
+) -> tuple[WorkerResult, float | None]:
+    with _pool(processes) as pool:
+        futures = submit(pool)
+        window = _CpuWindow(pid, options.warmup_s + CPU_WINDOW_DELAY_S)
+
+        def done() -> bool:
+            window.poll()
+            return all(future.done() for future in futures)
+
+        display.wait(label, options.warmup_s + options.duration_s, done)
+        results = [future.result() for future in futures]
+        cpu_s = window.close()
+    return _merge(results), cpu_s
+
+
 def run_grpc(
     options: BenchOptions,
     target: str,
-    spec: dict[str, Any],
-    pid: int,
+    node: _Node,
     work: Workload,
-    prepared: Prepared,
-    report: Report,
+    display: Display,
 ) -> RunStats:
     per_process = max(1, options.concurrency // options.processes)
     worker = GrpcWorkerSpec(
         method=work.method,
-        request=work.build(prepared).SerializeToString(),
+        request=work.build(node.prepared).SerializeToString(),
         concurrency=per_process,
         duration_s=options.duration_s,
         warmup_s=options.warmup_s,
-        **spec,
+        **node.spec,
     )
-    with _pool(options.processes) as pool:
-        futures = [pool.submit(run_grpc_worker, worker) for _ in range(options.processes)]
-        time.sleep(options.warmup_s + 0.2)
-        cpu_before = server_cpu_s(pid)
-        results = [future.result() for future in futures]
-        cpu_after = server_cpu_s(pid)
-    merged = _merge(results)
+    if work.items_per_call > 1:
+        # The load generator sees statuses only; a batch must answer every item.
+        problem = batches.check_items(node.spec, work, worker.request)
+        if problem:
+            display.note(f"  {target} {work.name}: the batch's items fail ({problem})")
+    profiler = _start_profiler(options, target, node.pid, work.name, display)
+    try:
+        merged, cpu_s = _measure(
+            options,
+            display,
+            f"{target} {work.name}",
+            node.pid,
+            options.processes,
+            _submitter(run_grpc_worker, worker, options.processes),
+        )
+    finally:
+        if profiler is not None:
+            profiler.wait(timeout=options.warmup_s + options.duration_s + 30)
     stats = summarize(
-        target,
-        work.name,
-        merged.latencies_s,
-        merged.errors,
-        options.duration_s,
-        cpu_after - cpu_before,
+        target, work.name, merged.latencies_s, merged.errors, options.duration_s, cpu_s
     )
-    report(_line(stats) + (f"  first error: {merged.first_error}" if merged.first_error else ""))
+    display.note(_line(stats, merged.first_error))
     return stats
 
 
-def _line(stats: RunStats) -> str:
-    return (
-        f"  {stats.target:<18} {stats.operation:<16} {stats.ops_per_s:>9.1f} ops/s"
-        f"  p50 {stats.p50_ms:7.3f} ms  p99 {stats.p99_ms:7.3f} ms  errors {stats.errors}"
+def _start_profiler(
+    options: BenchOptions, target: str, pid: int, operation: str, display: Display
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on the node while it serves ``operation`` (audit on only), if asked.
+
+    ``--gil`` keeps the samples where a thread holds the GIL, which is what bounds one
+    node process; the output is collapsed stacks (one line per stack and its count),
+    which `flamegraph.pl` or speedscope draw and grep reads.
+    """
+    if options.profile_dir is None or target != TARGET_MERIDIAN:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        display.note("  py-spy not installed (`pip install -e '.[bench]'`): no profile")
+        return None
+    options.profile_dir.mkdir(parents=True, exist_ok=True)
+    output = options.profile_dir / f"{operation}.txt"
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            # Sample without stopping the node, so profiling perturbs the figures less.
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--duration",
+            str(max(1, round(options.warmup_s + options.duration_s))),
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+
+
+def _line(stats: RunStats, first_error: str = "") -> str:
+    cpu = stats.server_cpu_ms_per_op
+    line = (
+        f"  {stats.target:<21} {stats.operation:<22} {stats.ops_per_s:>9.1f} ops/s"
+        f"  p50 {stats.p50_ms:7.2f}  p99 {stats.p99_ms:7.2f}  p99.9 {stats.p999_ms:7.2f} ms"
+        f"  cpu {cpu if cpu is not None else float('nan'):6.3f} ms/op  errors {stats.errors}"
+    )
+    items = batches.items_per_s(stats)
+    if items is not None:
+        line += f"  = {items:.1f} items/s"
+    return line + (f"  first error: {first_error}" if first_error else "")
 
 
 def _meridian_spec(directory: Path) -> tuple[dict[str, Any], int]:
@@ -129,32 +262,81 @@ def _meridian_spec(directory: Path) -> tuple[dict[str, Any], int]:
     )
 
 
-def _prepare_meridian(directory: Path, payload: bytes) -> Prepared:
-    from meridian.client import KmsClient
-
-    with KmsClient.from_cluster_file(directory / "cluster.json") as kms:
-        key_id = kms.create_key(description="bench").key_metadata.key_id
-        blob = kms.encrypt(key_id=key_id, plaintext=payload).ciphertext_blob
-    return Prepared(key_id=key_id, ciphertext_blob=blob, payload=payload)
+def disable_audit(config: Path) -> None:
+    """Rewrite a node's config with `[audit] enabled = false` (the node must be stopped)."""
+    document = tomllib.loads(config.read_text())
+    document.setdefault("audit", {})["enabled"] = False
+    config.write_text(tomli_w.dumps(document))
 
 
-def run_meridian(options: BenchOptions, directory: Path, report: Report) -> list[RunStats]:
-    report(f"starting a Meridian node in {directory}")
-    # Direct: the benchmark measures the node, not the fault-injecting link proxy.
-    cluster.up(directory, [REGION], network="direct")
-    try:
+def _start_node(
+    target: str,
+    directory: Path,
+    *,
+    audit: bool,
+    payload: bytes,
+    workloads: Sequence[Workload],
+    display: Display,
+) -> _Node:
+    with display.step(f"starting {target}"):
+        # Direct: the benchmark measures the node, not the fault-injecting link proxy.
+        cluster.up(directory, [REGION], network="direct")
+        if not audit:
+            # `cluster up` writes the real configuration; a restart on the same data and
+            # port with the audit table switched off is the only difference.
+            cluster.down(directory)
+            disable_audit(cluster.load(directory).regions[REGION].config)
+            cluster.start(directory, REGION)
         spec, pid = _meridian_spec(directory)
-        prepared = _prepare_meridian(directory, os.urandom(options.payload_bytes))
-        results = [
-            run_grpc(options, "ceiling (empty)", spec, pid, workload("Empty"), prepared, report)
-        ]
-        for name in options.operations:
-            results.append(
-                run_grpc(options, "meridian", spec, pid, workload(name), prepared, report)
+        prepared = prepare_meridian(directory, REGION, payload, workloads)
+    display.note(
+        f"{target}: node pid {pid} at {spec['endpoint']} (audit {'on' if audit else 'off'})"
+    )
+    return _Node(target, directory, spec, pid, prepared)
+
+
+def run_meridian(options: BenchOptions, base: Path, display: Display) -> list[list[RunStats]]:
+    """Every round's runs: the ceiling, then each operation on each node in turn (the
+    nodes' order alternates between rounds, so neither always goes first)."""
+    works = [workload(name) for name in options.operations]
+    payload = os.urandom(options.payload_bytes)
+    nodes: list[_Node] = []
+    try:
+        nodes.append(
+            _start_node(
+                TARGET_MERIDIAN,
+                base / "audit-on",
+                audit=True,
+                payload=payload,
+                workloads=works,
+                display=display,
             )
-        return results
+        )
+        if options.audit_off:
+            nodes.append(
+                _start_node(
+                    TARGET_AUDIT_OFF,
+                    base / "audit-off",
+                    audit=False,
+                    payload=payload,
+                    workloads=works,
+                    display=display,
+                )
+            )
+        rounds: list[list[RunStats]] = []
+        for number in range(options.rounds):
+            if options.rounds > 1:
+                display.note(f"-- round {number + 1} of {options.rounds}")
+            results = [run_grpc(options, TARGET_CEILING, nodes[0], workload("Empty"), display)]
+            order = nodes if number % 2 == 0 else nodes[::-1]
+            for work in works:
+                for node in order:
+                    results.append(run_grpc(options, node.target, node, work, display))
+            rounds.append(results)
+        return rounds
     finally:
-        cluster.down(directory)
+        for node in nodes:
+            cluster.down(node.directory)
 
 
 def _free_port() -> int:
@@ -163,11 +345,21 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_moto(options: BenchOptions, report: Report) -> list[RunStats]:
+def peer_workloads(operations: Sequence[str]) -> list[Workload]:
+    """The selected workloads that the peer implements (the others are "n/a")."""
+    return [w for w in map(workload, operations) if w.boto_operation and w.boto_parameters]
+
+
+def run_moto(options: BenchOptions, display: Display) -> list[list[RunStats]]:
     try:
         import boto3
     except ImportError:
-        report("  moto/boto3 not installed: `pip install -e '.[bench]'` to compare with the peer")
+        display.note(
+            "  moto/boto3 not installed: `pip install -e '.[bench]'` to compare with the peer"
+        )
+        return []
+    works = peer_workloads(options.operations)
+    if not works:
         return []
     port = _free_port()
     server = subprocess.Popen(
@@ -184,100 +376,177 @@ def run_moto(options: BenchOptions, report: Report) -> list[RunStats]:
             aws_access_key_id="bench",
             aws_secret_access_key="bench",  # noqa: S106
         )
-        for _ in range(100):
-            try:
-                key_id = client.create_key()["KeyMetadata"]["KeyId"]
-                break
-            except Exception:  # the server is still starting
-                time.sleep(0.1)
-        else:
-            report("  moto did not start; skipping the peer")
-            return []
-        payload = os.urandom(options.payload_bytes)
-        blob = client.encrypt(KeyId=key_id, Plaintext=payload)["CiphertextBlob"]
-        peer = {"key_id": key_id, "payload": payload, "ciphertext_blob": blob}
-        results = []
-        for name in options.operations:
-            work = workload(name)
-            if work.boto_operation is None or work.boto_parameters is None:
-                continue
-            spec = BotoWorkerSpec(
-                endpoint_url=endpoint,
-                region=REGION,
-                operation=work.boto_operation,
-                parameters=work.boto_parameters(peer),
-                concurrency=min(options.concurrency, 16),
-                duration_s=options.duration_s,
-                warmup_s=options.warmup_s,
+        with display.step("starting moto"):
+            for _ in range(100):
+                try:
+                    client.list_keys()
+                    break
+                except Exception:  # the server is still starting
+                    time.sleep(0.1)
+            else:
+                display.note("  moto did not start; skipping the peer")
+                return []
+            peer = prepare_peer(client, os.urandom(options.payload_bytes), works)
+        rounds: list[list[RunStats]] = []
+        for _ in range(options.rounds):
+            rounds.append(
+                [_run_peer(options, display, endpoint, server.pid, work, peer) for work in works]
             )
-            with _pool(1) as pool:
-                future = pool.submit(run_boto_worker, spec)
-                time.sleep(options.warmup_s + 0.2)
-                cpu_before = server_cpu_s(server.pid)
-                result = future.result()
-                cpu_after = server_cpu_s(server.pid)
-            stats = summarize(
-                "moto",
-                work.name,
-                result.latencies_s,
-                result.errors,
-                options.duration_s,
-                cpu_after - cpu_before,
-            )
-            report(_line(stats))
-            results.append(stats)
-        return results
+        return rounds
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def ratios(results: Sequence[RunStats]) -> dict[str, dict[str, float]]:
-    """Each Meridian operation as a fraction of the ceiling and a multiple of moto."""
-    ceiling = next((r for r in results if r.operation == "Empty"), None)
+def _run_peer(
+    options: BenchOptions,
+    display: Display,
+    endpoint: str,
+    pid: int,
+    work: Workload,
+    peer: dict[str, Any],
+) -> RunStats:
+    assert work.boto_operation is not None
+    assert work.boto_parameters is not None
+    spec = BotoWorkerSpec(
+        endpoint_url=endpoint,
+        region=REGION,
+        operation=work.boto_operation,
+        parameters=work.boto_parameters(peer),
+        concurrency=min(options.concurrency, PEER_CONCURRENCY_MAX),
+        duration_s=options.duration_s,
+        warmup_s=options.warmup_s,
+    )
+    merged, cpu_s = _measure(
+        options, display, f"{TARGET_PEER} {work.name}", pid, 1, _submitter(run_boto_worker, spec, 1)
+    )
+    stats = summarize(
+        TARGET_PEER, work.name, merged.latencies_s, merged.errors, options.duration_s, cpu_s
+    )
+    display.note(_line(stats, merged.first_error))
+    return stats
+
+
+def medians(rounds: Sequence[Sequence[RunStats]]) -> list[RunStats]:
+    """One run per target and operation, in the order of the first round."""
+    grouped: dict[tuple[str, str], list[RunStats]] = {}
+    for runs in rounds:
+        for run in runs:
+            grouped.setdefault((run.target, run.operation), []).append(run)
+    return [median_of(runs) for runs in grouped.values()]
+
+
+def _ratio(numerator: float, denominator: float, digits: int) -> float | None:
+    return round(numerator / denominator, digits) if denominator else None
+
+
+def ratios(
+    results: Sequence[RunStats], operations: Sequence[str] = (), *, peer: bool = False
+) -> dict[str, dict[str, float | None]]:
+    """Per Meridian operation: audit on (and off) as a fraction of the ceiling's
+    throughput and a multiple of its p99, the cost of auditing, and a multiple of moto.
+
+    ``vs_moto`` is None ("n/a") for an operation the peer does not implement and absent
+    when the peer was not run.
+    """
+    ceiling = next((r for r in results if r.target == TARGET_CEILING), None)
     by_target = {(r.target, r.operation): r for r in results}
-    table: dict[str, dict[str, float]] = {}
+    peer_has = {w.name for w in peer_workloads(operations)}
+    table: dict[str, dict[str, float | None]] = {}
     for result in results:
-        if result.target != "meridian":
+        if result.target != TARGET_MERIDIAN:
             continue
-        row: dict[str, float] = {}
+        row: dict[str, float | None] = {}
+        off = by_target.get((TARGET_AUDIT_OFF, result.operation))
+        if ceiling and ceiling.server_cpu_ms_per_op and result.server_cpu_ms_per_op:
+            # Steadier than throughput on a busy machine: what a call costs the node.
+            row["cpu_vs_ceiling"] = _ratio(
+                result.server_cpu_ms_per_op, ceiling.server_cpu_ms_per_op, 2
+            )
         if ceiling and ceiling.ops_per_s:
-            row["of_ceiling"] = round(result.ops_per_s / ceiling.ops_per_s, 3)
+            row["of_ceiling"] = _ratio(result.ops_per_s, ceiling.ops_per_s, 3)
             if ceiling.p99_ms:
-                row["p99_vs_ceiling_p99"] = round(result.p99_ms / ceiling.p99_ms, 2)
-        peer = by_target.get(("moto", result.operation))
-        if peer and peer.ops_per_s:
-            row["vs_moto"] = round(result.ops_per_s / peer.ops_per_s, 1)
+                row["p99_vs_ceiling_p99"] = _ratio(result.p99_ms, ceiling.p99_ms, 2)
+            if off:
+                row["audit_off_of_ceiling"] = _ratio(off.ops_per_s, ceiling.ops_per_s, 3)
+                if ceiling.p99_ms:
+                    row["audit_off_p99_vs_ceiling_p99"] = _ratio(off.p99_ms, ceiling.p99_ms, 2)
+        if off:
+            row["audit_on_vs_off"] = _ratio(result.ops_per_s, off.ops_per_s, 3)
+            if result.server_cpu_ms_per_op is not None and off.server_cpu_ms_per_op is not None:
+                row["audit_cpu_ms_per_op"] = round(
+                    result.server_cpu_ms_per_op - off.server_cpu_ms_per_op, 3
+                )
+        peer_result = by_target.get((TARGET_PEER, result.operation))
+        if peer_result and peer_result.ops_per_s:
+            row["vs_moto"] = _ratio(result.ops_per_s, peer_result.ops_per_s, 1)
+        elif peer and result.operation not in peer_has:
+            row["vs_moto"] = None
+        # Batch workloads: items/s, and as a multiple of the single operation's ops/s.
+        row.update(batches.batch_row(result, by_target, audit_off_target=TARGET_AUDIT_OFF))
         table[result.operation] = row
     return table
 
 
-def run(options: BenchOptions, report: Report = print) -> dict[str, Any]:
+def run(options: BenchOptions, display: Display | None = None) -> dict[str, Any]:
+    display = display or Display()
     started = time.time()
+    load_average = os.getloadavg()
     directory = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
-    try:
-        report(
-            f"== Meridian and the empty-call ceiling ({options.concurrency} in flight, "
-            f"{options.processes} load process(es), {options.duration_s:g} s per run)"
-        )
-        results = run_meridian(options, directory, report)
-        if options.peer:
-            report("== moto's KMS (the peer), same operations")
-            results += run_moto(options, report)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    runs = 1 + len(options.operations) * (2 if options.audit_off else 1)
+    if options.peer:
+        runs += len(peer_workloads(options.operations))
+    rounds: list[list[RunStats]] = []
+    peer_ran = False
+    with display:
+        display.plan(runs * options.rounds)
+        try:
+            display.note(
+                f"== Meridian and the empty-call ceiling ({options.concurrency} in flight, "
+                f"{options.processes} load process(es), {options.warmup_s:g} s warm-up + "
+                f"{options.duration_s:g} s per run, {options.payload_bytes} B payload)"
+            )
+            rounds = run_meridian(options, directory, display)
+            if options.peer:
+                display.note("== moto's KMS (the peer), same operations")
+                peer_rounds = run_moto(options, display)
+                peer_ran = bool(peer_rounds)
+                for ours, theirs in zip(rounds, peer_rounds, strict=False):
+                    ours.extend(theirs)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    results = medians(rounds)
     document = {
         "started_at": started,
-        "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            # A shared machine shows here: the ratios still compare runs made side by side.
+            "load_average_at_start": [round(value, 2) for value in load_average],
+        },
         "options": {
+            "operations": list(options.operations),
             "duration_s": options.duration_s,
+            "warmup_s": options.warmup_s,
             "concurrency": options.concurrency,
             "processes": options.processes,
             "payload_bytes": options.payload_bytes,
+            "rounds": options.rounds,
+            "audit_off": options.audit_off,
+            "peer": options.peer,
         },
+        # The medians over the rounds (a single round: its runs), then every round's runs.
         "results": [r.as_dict() for r in results],
-        "ratios": ratios(results),
+        "ratios": ratios(results, options.operations, peer=peer_ran),
+        "rounds": [[r.as_dict() for r in runs] for runs in rounds],
     }
+    if options.profile_dir is not None:
+        # Shares of the audit-on node's GIL samples by part of the request path.
+        profiles = summarize_directory(options.profile_dir)
+        document["profiles"] = profiles
+        display.note(f"== where the audit-on node held the GIL (py-spy, {options.profile_dir})")
+        for operation, shares in profiles.items():
+            display.note(f"  {operation}: {describe(shares)}")
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(document, indent=2) + "\n")
     return document

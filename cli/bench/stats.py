@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,4 +57,25 @@ def summarize(
         server_cpu_ms_per_op=(
             round(server_cpu_s / count * 1000, 4) if server_cpu_s is not None and count else None
         ),
+    )
+
+
+def median_of(runs: Sequence[RunStats]) -> RunStats:
+    """One run standing for several rounds of the same target and operation: the median
+    of each figure (robust to a round that a burst of load elsewhere slowed down), the
+    operations and errors of all rounds added up."""
+    if not runs:
+        raise ValueError("no runs to summarize")
+    cpu = [run.server_cpu_ms_per_op for run in runs if run.server_cpu_ms_per_op is not None]
+    return RunStats(
+        target=runs[0].target,
+        operation=runs[0].operation,
+        operations=sum(run.operations for run in runs),
+        errors=sum(run.errors for run in runs),
+        duration_s=round(sum(run.duration_s for run in runs), 3),
+        ops_per_s=round(statistics.median(run.ops_per_s for run in runs), 1),
+        p50_ms=round(statistics.median(run.p50_ms for run in runs), 3),
+        p99_ms=round(statistics.median(run.p99_ms for run in runs), 3),
+        p999_ms=round(statistics.median(run.p999_ms for run in runs), 3),
+        server_cpu_ms_per_op=round(statistics.median(cpu), 4) if cpu else None,
     )

@@ -116,6 +116,7 @@ def apply_record(
         key=key,
         record=record,
         attached=attached,
+        now_us=now_us,
     )
 
 
@@ -128,6 +129,7 @@ def _settle(
     key: LocalKey | None,
     record: Record,
     attached: frozenset[bytes],
+    now_us: int,
 ) -> Decision:
     member = merged.members.get(region)
     held = key.held if key is not None else frozenset()
@@ -193,7 +195,8 @@ def _settle(
         ):
             key_state = KeyState.PENDING_DELETION
             start_window = True
-        promoted = promote_ready(merged, region=region)
+        # The rotation completes now, in this region: that is its date everywhere.
+        promoted = promote_ready(merged, region=region, now_us=now_us)
         if promoted is not None:
             merged = promoted
             current = _local_current(merged, held, current)

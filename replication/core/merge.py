@@ -7,7 +7,9 @@ region that has seen the same records holds the same state, whatever the order.
 - settings: the one with the greater ``Settings.order`` (epoch, primary, revision, author);
 - versions: union (a version is never dropped);
 - members: per region, the entry with the greater (incarnation, deleted, author);
-- holders: union per version.
+- holders: union per version;
+- rotations (when a version became current by rotating): per version, the earlier mark
+  (by time, then serial), a total order, so the join stays a semilattice.
 
 Two views that disagree on an immutable property (key spec, usage, origin, creation time),
 give one version id two different materials, or give one order two different contents,
@@ -21,6 +23,7 @@ from dataclasses import replace
 from meridian.server.domain.multi_region import (
     Holder,
     Membership,
+    RotationMark,
     SharedState,
     check_state,
 )
@@ -66,7 +69,20 @@ def join(local: SharedState, incoming: SharedState) -> SharedState:
     for material_id, regions in incoming.holders.items():
         holders[material_id] = holders.get(material_id, frozenset()) | regions
 
-    joined = replace(local, settings=settings, versions=versions, members=members, holders=holders)
+    rotations: dict[bytes, RotationMark] = dict(local.rotations)
+    for material_id, mark in incoming.rotations.items():
+        known_mark = rotations.get(material_id)
+        if known_mark is None or mark.order < known_mark.order:
+            rotations[material_id] = mark
+
+    joined = replace(
+        local,
+        settings=settings,
+        versions=versions,
+        members=members,
+        holders=holders,
+        rotations=rotations,
+    )
     if joined == local:
         # The common case for duplicates: keep the very same object, cheap to compare.
         return local

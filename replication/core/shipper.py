@@ -16,7 +16,8 @@ Protocol with one peer:
    pruned), ``SendSnapshot`` ships every key's current state in chunks of keys, then the
    log from the snapshot's position.
 4. A failure (timeout, refused, unreachable) backs off exponentially with jitter, between
-   ``backoff_initial_s`` and ``backoff_max_s``, then starts again at 1.
+   ``backoff_initial_s`` and ``backoff_max_s`` (``backoff_recent_max_s`` for a peer reached
+   within the last ``recent_contact_s``), then starts again at 1.
 """
 
 from __future__ import annotations
@@ -30,16 +31,30 @@ from meridian.server.domain.multi_region import SharedState
 
 @dataclass(frozen=True, slots=True)
 class ShipperLimits:
-    batch_entries_max: int = 100
-    snapshot_keys_max: int = 100
+    # A batch holds at most this many entries; the engine also stops at ~512 KiB. A peer
+    # that is up to date gets what was appended since its last batch (usually a few
+    # entries); a peer catching up gets full batches: fewer round trips, signatures,
+    # transactions and fsyncs per entry.
+    batch_entries_max: int = 1000
+    snapshot_keys_max: int = 1000
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 10.0
+    # A peer reached within the last ``recent_contact_s`` is most likely restarting or
+    # briefly cut off: its retries back off to at most ``backoff_recent_max_s``, so that
+    # it is reached again within about a second of coming back (the retry of a peer that
+    # is still down costs one failed connection attempt).
+    backoff_recent_max_s: float = 1.0
+    recent_contact_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_entries_max <= 10_000 or not 1 <= self.snapshot_keys_max <= 10_000:
             raise ValueError("batch sizes must be 1 to 10000")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("0 < backoff_initial_s <= backoff_max_s")
+        if self.backoff_recent_max_s <= 0:
+            raise ValueError("backoff_recent_max_s must be positive")
+        if self.recent_contact_s < 0:
+            raise ValueError("recent_contact_s must not be negative")
 
 
 class ConnectionState(StrEnum):
@@ -149,9 +164,15 @@ class PeerShipper:
         self.position = None
         self._snapshot = None
         exponent = min(self.failures - 1, 30)
-        delay_s = min(self.limits.backoff_max_s, self.limits.backoff_initial_s * 2**exponent)
+        delay_s = min(self._backoff_cap_s(now), self.limits.backoff_initial_s * 2**exponent)
         # "Equal jitter": at least half the delay, so retries spread out but never storm.
         self.retry_at = now + delay_s * self._rng.uniform(0.5, 1.0)
+
+    def _backoff_cap_s(self, now: float) -> float:
+        contact = self.last_contact_at
+        if contact is not None and now - contact <= self.limits.recent_contact_s:
+            return min(self.limits.backoff_recent_max_s, self.limits.backoff_max_s)
+        return self.limits.backoff_max_s
 
     def _connected(self, now: float) -> None:
         # ``last_error`` means "since the last success": a connected peer has none.

@@ -196,6 +196,9 @@ class Rule:
     retire: bool = False  # RetireGrant: the grant named by token, or key and grant id
     create_grant: bool = False  # CreateGrant: grants made through a grant only narrow it
     compare_keys: bool = False  # ReEncrypt: kms:ReEncryptOnSameKey
+    # Batch operations: the call is only an envelope; each of its items is authorized
+    # on its own as the single operation (server/api/batch_servicer.py).
+    per_item: bool = False
     extra_fields: tuple[str, ...] = field(default=())  # other fields the row reads
 
     def fields(self) -> tuple[str, ...]:
@@ -408,6 +411,12 @@ KMS_RULES: dict[str, Rule] = {
     "ListUserPolicies": Rule("iam:ListUserPolicies", user="user_name"),
     "DeleteUserPolicy": Rule("iam:DeleteUserPolicy", user="user_name"),
     "SimulatePrincipalPolicy": Rule("iam:SimulatePrincipalPolicy", principal="policy_source_arn"),
+    # Meridian's batch extensions (docs/batch-operations.md): every item passes this
+    # table's row of its single operation (Encrypt, Decrypt, GenerateDataKey) and the
+    # whole hook pipeline as a call of its own, so the envelope itself grants nothing.
+    "BatchEncrypt": Rule("meridian:BatchEncrypt", per_item=True),
+    "BatchDecrypt": Rule("meridian:BatchDecrypt", per_item=True),
+    "BatchGenerateDataKey": Rule("meridian:BatchGenerateDataKey", per_item=True),
 }
 
 # ---- Meridian's own services: "meridian:" actions, decided by identity policies ----------

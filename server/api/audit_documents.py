@@ -66,8 +66,17 @@ READ_ONLY_OPERATIONS = frozenset(
         "ListAuditRecords",
         "ListAuditDigests",
         "GetUsageReport",
+        # Meridian's batch extensions: each item gets a record of its own besides this one.
+        "BatchEncrypt",
+        "BatchDecrypt",
+        "BatchGenerateDataKey",
     }
 )
+# The batch extensions (docs/batch-operations.md). Their own record names the number of
+# items, not the items: each item's parameters are in the item's record already.
+BATCH_OPERATIONS = frozenset({"BatchEncrypt", "BatchDecrypt", "BatchGenerateDataKey"})
+# CallInfo.facts key set on each item of a batch: {"id": batch request id, "index": n}.
+FACT_BATCH = "batch"
 _SECRET_NAME = re.compile("plaintext|password|secret|private_key|credential")
 # The response fields that are the call's answer to the region question, not content.
 _RESPONSE_FIELDS_LEFT_OUT = frozenset({"region"})
@@ -267,6 +276,15 @@ def api_call_document(
         additional["keyMaterialId"] = subject.key_material_ids[0]
         if len(subject.key_material_ids) > 1:
             additional["destinationKeyMaterialId"] = subject.key_material_ids[1]
+    batch = facts.get(FACT_BATCH)
+    if isinstance(batch, Mapping):
+        # An item of a batch: ties the record to the batch call's own record.
+        additional["batchId"] = _cap(str(batch.get("id", "")))
+        additional["batchItemIndex"] = int(batch.get("index", 0))
+    request_parameters = message_document(request) if isinstance(request, Message) else None
+    if operation in BATCH_OPERATIONS and isinstance(request, Message):
+        additional["batchId"] = request_id
+        request_parameters = {"itemCount": len(getattr(request, "items", ()))}
     document: dict[str, Any] = {
         "eventVersion": EVENT_VERSION,
         "userIdentity": user_identity(principal_arn, str(facts.get("access_key_id") or "")),
@@ -276,7 +294,7 @@ def api_call_document(
         "awsRegion": region,
         "sourceIPAddress": source_address,
         "userAgent": _cap(str(facts.get("user_agent") or "")),
-        "requestParameters": (message_document(request) if isinstance(request, Message) else None),
+        "requestParameters": request_parameters,
         "responseElements": (
             message_document(response)
             if isinstance(response, Message) and not read_only and not pending

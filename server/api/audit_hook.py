@@ -20,8 +20,9 @@ ciphertext's public header).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -94,7 +95,41 @@ class AuditHook:
         call.facts[FACT_INTENT] = True
 
     async def after(self, call: CallInfo, response: Any | None, error: KmsError | None) -> None:
-        event = await self._event(call, response, error)
+        await self._record(call, await self._event(call, response, error), error)
+
+    async def after_items(
+        self, outcomes: Sequence[tuple[CallInfo, Any | None, KmsError | None]]
+    ) -> list[KmsError | None]:
+        """``after`` for the items of a batch: every record is built first, then all are
+        submitted at once and awaited together, so the writer commits them in one group
+        (a record submitted while the next is still being built would commit alone)."""
+        built: list[AuditEvent | BaseException] = []
+        for call, response, error in outcomes:
+            try:
+                built.append(await self._event(call, response, error))
+            except Exception as failure:  # as CallPipeline does for a hook that crashes
+                built.append(failure)
+
+        async def record(
+            call: CallInfo, event: AuditEvent | BaseException, error: KmsError | None
+        ) -> None:
+            if isinstance(event, BaseException):
+                raise event
+            await self._record(call, event, error)
+
+        failures = await asyncio.gather(
+            *(
+                record(call, event, error)
+                for (call, _, error), event in zip(outcomes, built, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        return [
+            _as_hook_error(call, failure)
+            for (call, _, _), failure in zip(outcomes, failures, strict=True)
+        ]
+
+    async def _record(self, call: CallInfo, event: AuditEvent, error: KmsError | None) -> None:
         intent = call.request_id if call.facts.get(FACT_INTENT) else None
         try:
             call.facts[FACT_SEQ] = await self._trail.record(event, intent_request_id=intent)
@@ -204,6 +239,15 @@ class AuditHook:
             log.warning("alias lookup for the audit record failed", alias=alias_name)
             return ""
         return identifiers.key_arn(self._region, self._account_id, key_id) if key_id else ""
+
+
+def _as_hook_error(call: CallInfo, outcome: BaseException | None) -> KmsError | None:
+    if outcome is None or isinstance(outcome, KmsError):
+        return outcome
+    if not isinstance(outcome, Exception):
+        raise outcome  # cancellation and the like are not an item's outcome
+    log.error("audit hook crashed", request_id=call.request_id, exc_info=outcome)
+    return KMSInternalException()
 
 
 def _unavailable() -> DependencyTimeoutException:

@@ -96,7 +96,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         self, request: pb.GetAuditTrailInfoRequest, context: Context
     ) -> pb.GetAuditTrailInfoResponse:
         info = await self._trail.info()
-        last = self._trail.last_digest
+        last = await self._trail.latest_digest()
         return pb.GetAuditTrailInfoResponse(
             chain_id=info.chain_id,
             tracking_start_date=_timestamp(from_us(info.tracking_start_us)),
@@ -164,7 +164,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                 "The audit store is unavailable; retry later"
             ) from None
         response = pb.SealAuditDigestResponse(sealed=sealed is not None, region=self._region)
-        last = sealed or self._trail.last_digest
+        last = sealed or await self._trail.latest_digest()
         if last is not None:
             response.digest.CopyFrom(digest_message(last.digest))
         return response

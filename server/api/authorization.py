@@ -34,6 +34,7 @@ from meridian.server.api.access_rules import (
     RULES_BY_SERVICE,
     Rule,
 )
+from meridian.server.api.batch_memo import FACT_AUTHORIZATION_MEMO
 from meridian.server.api.interceptor import CallInfo
 from meridian.server.api.principal import Principal
 from meridian.server.domain.access.authorizer import AuthorizationResult, Authorizer
@@ -83,9 +84,27 @@ class AuthorizationHook:
             raise AccessDeniedException(
                 f"User: {caller.principal_arn} is not authorized to perform: {call.operation}"
             )
+        if rule.per_item:
+            # The items are calls of their own and each meets this hook (and its single
+            # operation's row) before it runs; the envelope acts on nothing by itself.
+            call.facts["authorization"] = {
+                "decision": "allow",
+                "action": rule.action,
+                "resource": "",
+                "matched": [],
+                "reason": "each item is authorized as its own call",
+            }
+            return
         try:
             request = rule.describe(call.request, caller, account_id=self._authorizer.account_id)
-            result = await self._authorizer.authorize(request)
+            # An item of a batch may share the decision of an identical item before it
+            # (server/api/batch_memo.py); a single call has no memo.
+            memo = call.facts.get(FACT_AUTHORIZATION_MEMO)
+            memo_key, result = memo.get(request) if memo is not None else (None, None)
+            if result is None:
+                result = await self._authorizer.authorize(request)
+                if memo is not None and memo_key is not None:
+                    memo.put(memo_key, result)
         except KmsError as error:
             call.facts["authorization"] = {
                 "decision": "error",

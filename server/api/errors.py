@@ -37,6 +37,7 @@ GRPC_CODE_BY_REASON: dict[str, grpc.StatusCode] = {
     "UnsupportedOperationException": grpc.StatusCode.INVALID_ARGUMENT,
     "DisabledException": grpc.StatusCode.FAILED_PRECONDITION,
     "KMSInvalidStateException": grpc.StatusCode.FAILED_PRECONDITION,
+    "ConflictException": grpc.StatusCode.FAILED_PRECONDITION,
     "AccessDeniedException": grpc.StatusCode.PERMISSION_DENIED,
     "LimitExceededException": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "ThrottlingException": grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -5,7 +5,9 @@ message gains a field) with every call that is not safe to repeat, and the same 
 on each retry of that call. For such a call this guard, in order:
 
 1. waits for any call with the same principal and token still running in this node
-   (a retry that overtook a slow first attempt waits for its outcome);
+   (a retry that overtook a slow first attempt waits for its outcome; with several
+   worker processes, a call running in another worker is seen through the store: its
+   reservation, and the outcome the retry polls for);
 2. answers from the stored record if there is one: the same response bytes, or the
    same error; a token reused for a different request is a ValidationException;
 3. otherwise runs the operation with a ``PendingToken`` in context, so the store
@@ -28,7 +30,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
@@ -50,6 +52,7 @@ from meridian.server.domain.idempotency import (
     IdempotencyRecord,
     IdempotencyRecords,
     PendingToken,
+    TokenHeldElsewhere,
 )
 
 __all__ = ["TOKEN_METADATA_KEY", "IdempotencyGuard", "deduplicating"]
@@ -59,6 +62,11 @@ TOKEN_METADATA_KEY = "x-meridian-idempotency-token"  # noqa: S105 - a header nam
 # the table small.
 RETENTION = timedelta(hours=24)
 
+# How long a retry waits for another worker's call with the same token to finish (a
+# creating call takes milliseconds; an RSA-4096 CreateKey about a second), and how
+# often it looks meanwhile.
+OUTCOME_WAIT_S = 30.0
+OUTCOME_POLL_S = 0.02
 _TOKEN = re.compile(rf"^[A-Za-z0-9_-]{{1,{TOKEN_CHARS_MAX}}}$")
 
 Handler = Callable[[Any, Context], Awaitable[Any]]
@@ -66,11 +74,20 @@ Handler = Callable[[Any, Context], Awaitable[Any]]
 
 class IdempotencyGuard:
     def __init__(
-        self, records: IdempotencyRecords, clock: Clock, *, retention: timedelta = RETENTION
+        self,
+        records: IdempotencyRecords,
+        clock: Clock,
+        *,
+        retention: timedelta = RETENTION,
+        shared_store: bool = False,
     ) -> None:
         self._records = records
         self._clock = clock
         self._retention = retention
+        # Other worker processes share the store (server/workers.py): the in-process
+        # lock below cannot see their calls, so the reservation checks for them and a
+        # retry waits for their outcome in the store instead.
+        self._shared_store = shared_store
         # Calls in flight per (principal, token), with how many wait on each lock; an
         # entry lives only while someone holds or waits for it.
         self._running: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
@@ -116,6 +133,9 @@ class IdempotencyGuard:
             record = await self._records.find(
                 principal_arn, token, not_before=now - self._retention
             )
+            if record is not None and self._shared_store and not _has_outcome(record):
+                # Reserved by a call another worker may still be running.
+                record = await self._outcome(principal_arn, token, now - self._retention)
             if record is not None:
                 return _replay(record, operation, digest, response_class)
             pending = PendingToken(
@@ -124,11 +144,17 @@ class IdempotencyGuard:
                 operation=operation,
                 request_digest=digest,
                 created_at=now,
+                live_after=now - self._retention if self._shared_store else None,
             )
             forget_before = now - self._retention
             reset = PENDING_TOKEN.set(pending)
+            held_elsewhere = False
             try:
                 response = await handler(request, context)
+            except TokenHeldElsewhere:
+                # Another worker reserved it after our look; this call's change was
+                # rolled back with the reservation.
+                held_elsewhere = True
             except KmsError as error:
                 if pending.reserved:
                     await self._records.store_error(
@@ -144,6 +170,12 @@ class IdempotencyGuard:
                 raise
             finally:
                 PENDING_TOKEN.reset(reset)
+            if held_elsewhere:
+                # Answer with that call's outcome (read with no token of ours pending).
+                record = await self._outcome(principal_arn, token, now - self._retention)
+                if record is None:
+                    raise KMSInternalException()
+                return _replay(record, operation, digest, response_class)
             # Only a call that changed something is recorded: one that did not (it
             # failed validation, or had nothing to do) is as safe to run again.
             if pending.reserved:
@@ -154,6 +186,21 @@ class IdempotencyGuard:
                     forget_before=forget_before,
                 )
             return response
+
+    async def _outcome(
+        self, principal_arn: str, token: str, not_before: datetime
+    ) -> IdempotencyRecord | None:
+        """The record once another worker stored its outcome, polling the store for at
+        most ``OUTCOME_WAIT_S``; the last record read if that worker never does (it
+        stopped between the change and its outcome: _replay says so)."""
+        deadline = asyncio.get_running_loop().time() + OUTCOME_WAIT_S
+        while True:
+            record = await self._records.find(principal_arn, token, not_before=not_before)
+            if record is None or _has_outcome(record):
+                return record
+            if asyncio.get_running_loop().time() >= deadline:
+                return record
+            await asyncio.sleep(OUTCOME_POLL_S)
 
     @asynccontextmanager
     async def _exclusive(self, key: tuple[str, str]) -> AsyncIterator[None]:
@@ -207,6 +254,10 @@ def _replay(
         f"The {operation} request with this idempotency token took effect, but the node "
         "stopped before it could record the answer; look the result up instead of retrying"
     )
+
+
+def _has_outcome(record: IdempotencyRecord) -> bool:
+    return record.response is not None or record.error_reason is not None
 
 
 def _error(reason: str, message: str) -> KmsError:

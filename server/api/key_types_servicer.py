@@ -289,6 +289,10 @@ class KeyTypesServicer:
             response.rotation_period_in_days = status.period_days
         if status.next_rotation is not None:
             response.next_rotation_date.CopyFrom(_timestamp(status.next_rotation))
+        if status.on_demand_rotation_start is not None:
+            response.on_demand_rotation_start_date.CopyFrom(
+                _timestamp(status.on_demand_rotation_start)
+            )
         return response
 
     async def RotateKeyOnDemand(

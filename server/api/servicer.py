@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meridian.proto.kms.v1 import kms_pb2 as pb
 from meridian.proto.kms.v1 import kms_pb2_grpc
 from meridian.server.api.access_servicer import AccessControlServicer
+from meridian.server.api.batch_servicer import BatchServicer
 from meridian.server.api.interceptor import CURRENT_CALLER, Context
 from meridian.server.api.key_types_servicer import KeyTypesServicer
 from meridian.server.api.multi_region_servicer import (
@@ -87,6 +88,7 @@ class KeyManagementServicer(
     AccessControlServicer,
     KeyTypesServicer,
     MultiRegionServicer,
+    BatchServicer,
     kms_pb2_grpc.KeyManagementServiceServicer,
 ):
     def __init__(self, service: KeyService, access: AccessService | None = None) -> None:

@@ -57,6 +57,8 @@ class ServiceEventName(StrEnum):
     UPDATE_PRIMARY_REGION = "UpdatePrimaryRegion"
     FORCE_PROMOTE_REPLICA = "ForcePromoteReplica"
     PRUNE_AUDIT_RECORDS = "PruneAuditRecords"
+    # `meridian node seed-keys` put keys into a stopped node's store (server/seeding.py).
+    SEED_KEYS = "SeedKeys"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ of it was written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,6 +129,11 @@ class GroupCommitConnection(Protocol):
 
     def commit(self, batch: CommitBatch) -> None:
         """Write ``batch`` in one durable transaction, or raise and write nothing."""
+        ...
+
+    def commit_on_chain(self, build: Callable[[ChainHead, NewDigest | None], CommitBatch]) -> None:
+        """Like ``commit``, for the batch ``build`` makes from the chain head and last
+        digest stored in the database, read inside the same transaction."""
         ...
 
     def intents(self) -> list[Intent]: ...

@@ -5,6 +5,14 @@
 :class:`~meridian.server.audit.sink.AuditSink` methods; a maintenance loop seals
 digests, recovers orphaned intents and prunes. Every write goes through one
 :class:`~meridian.server.audit.writer.GroupCommitWriter`, which owns the chain.
+
+With several worker processes (server/workers.py) every worker has its own trail and
+writer on the one chain (``shared_chain``): each commit chains onto the head stored in
+the database under SQLite's write lock, so the chain stays one sequence in commit
+order and verifies as before. Only the ``sealer`` (worker 0, started before the
+others) recovers every orphaned intent at start, seals periodically and prunes; the
+other workers recover only their own orphans (another worker's intent may belong to
+a call still running there).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from meridian.server.audit.ports import (
     AuditStorage,
     Intent,
     NewDigest,
+    RecordQuery,
     SigningKeyRow,
     TrailState,
 )
@@ -91,8 +100,16 @@ class AuditTrail:
         clock: Clock,
         account_id: str,
         new_id: Callable[[], str],
+        shared_chain: bool = False,
+        sealer: bool = True,
     ) -> None:
         self.storage = storage
+        self._shared_chain = shared_chain
+        self._sealer = sealer
+        # Intents this process wrote and has not yet replaced or withdrawn (shared chain
+        # only): the only ones a worker may turn into "Unknown" records while others run.
+        self._own_intents: set[str] = set()
+        self._recover_all = not shared_chain
         self._state = state
         # The signing key is unwrapped (or made) on the first seal, not at start: the root
         # key (an HSM, perhaps) is then needed only for sealing, never on the call path.
@@ -131,6 +148,8 @@ class AuditTrail:
         randbytes: Callable[[int], bytes],
         observer: AuditObserver | None = None,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        shared_chain: bool = False,
+        sealer: bool = True,
     ) -> AuditTrail:
         state = await storage.load_state()
         if state is None:
@@ -147,7 +166,9 @@ class AuditTrail:
             )
         last_record = await storage.last_record()
         head = state.head
-        if last_record is not None and last_record.seq != head.seq:
+        # With a shared chain another worker may append between the two reads; each
+        # commit then chains onto the stored head anyway (audit_database.py).
+        if last_record is not None and last_record.seq != head.seq and not shared_chain:
             # The stored head and the last record disagree: records were removed (or
             # added) behind the node's back. Keep numbering after the higher of the two
             # so no number is ever reused; `meridian audit verify` names the damage.
@@ -165,6 +186,7 @@ class AuditTrail:
             batch_records_max=settings.batch_records_max,
             queue_records_max=settings.queue_records_max,
             observer=observer,
+            shared_chain=shared_chain,
         )
         return cls(
             storage=storage,
@@ -177,19 +199,26 @@ class AuditTrail:
             clock=clock,
             account_id=account_id,
             new_id=new_id,
+            shared_chain=shared_chain,
+            sealer=sealer,
         )
 
     async def start(self) -> None:
         """Start committing; turn intents left by a crash into records; seal."""
         self._writer.start()
-        recovered = await self._durable(self._writer.recover_intents(self._orphans))
-        if recovered:
-            log.warning("recorded calls whose outcome was lost", records=recovered)
-        try:
-            await self.seal(force=False)
-        except AuditUnavailable as error:
-            # Sealing is retried by the maintenance loop; calls are recorded meanwhile.
-            log.error("could not seal a digest at start", error=str(error))
+        if self._sealer:
+            # The sealer starts before any other worker serves: every intent in the
+            # store now is left by a crash.
+            self._recover_all = True
+            recovered = await self._durable(self._writer.recover_intents(self._orphans))
+            self._recover_all = not self._shared_chain
+            if recovered:
+                log.warning("recorded calls whose outcome was lost", records=recovered)
+            try:
+                await self.seal(force=False)
+            except AuditUnavailable as error:
+                # Sealing is retried by the maintenance loop; calls are recorded meanwhile.
+                log.error("could not seal a digest at start", error=str(error))
         self._tasks.append(asyncio.create_task(self._maintain(), name="audit-maintenance"))
 
     async def close(self) -> None:
@@ -197,7 +226,7 @@ class AuditTrail:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._tasks:
+        if self._tasks and self._sealer:
             try:
                 await self.seal(force=False)
             except AuditUnavailable as error:
@@ -216,6 +245,8 @@ class AuditTrail:
         """Durably note that a state-changing call is about to run."""
         intent = Intent(request_id, event.index.event_time_us, event.body)
         self._open_intents.add(request_id)
+        if self._shared_chain:
+            self._own_intents.add(request_id)
         try:
             await self._durable(self._writer.put_intent(intent))
         except AuditUnavailable:
@@ -231,6 +262,8 @@ class AuditTrail:
             # that the maintenance loop turns into an "Unknown" record.
             if intent_request_id is not None:
                 self._open_intents.discard(intent_request_id)
+        if intent_request_id is not None:
+            self._own_intents.discard(intent_request_id)
         assert isinstance(seq, int)
         if event.index.event_name not in QUIET_OPERATIONS:
             self._last_significant_seq = max(self._last_significant_seq, seq)
@@ -285,6 +318,7 @@ class AuditTrail:
     async def _withdraw(self, request_id: str) -> None:
         try:
             await self._durable(self._writer.withdraw_intent(request_id))
+            self._own_intents.discard(request_id)
         except AuditUnavailable as error:
             log.warning("could not withdraw an audit intent", error=str(error))
         finally:
@@ -296,7 +330,9 @@ class AuditTrail:
         """Seal a digest of everything committed so far (if anything is unsealed)."""
         last = self._writer.last_digest
         unsealed = self._writer.head.seq - (last.last_seq if last else 0)
-        if not force and not unsealed and not self._writer.queued:
+        # With a shared chain this process's view of the head may be behind; the digest
+        # builder decides from the head stored in the database instead.
+        if not force and not unsealed and not self._writer.queued and not self._shared_chain:
             return None
         try:
             await self._load_signer()
@@ -354,8 +390,9 @@ class AuditTrail:
             await self._next_tick()
             try:
                 await self._durable(self._writer.recover_intents(self._orphans))
-                last = self._writer.last_digest
-                if self._last_significant_seq > (last.last_seq if last else 0):
+                if not self._sealer:
+                    continue
+                if await self._significant_unsealed():
                     await self.seal(force=False)
                 await self._prune_if_due()
             except AuditUnavailable as error:
@@ -374,10 +411,25 @@ class AuditTrail:
             await asyncio.gather(sleeper, wanted, return_exceptions=True)
             self._seal_wanted.clear()
 
+    async def _significant_unsealed(self) -> bool:
+        """Whether a record other than the trail's own traffic awaits a digest."""
+        last = self._writer.last_digest
+        if not self._shared_chain:
+            return self._last_significant_seq > (last.last_seq if last else 0)
+        # Other workers' records are only in the database.
+        last = await self.storage.last_digest()
+        query = RecordQuery(after_seq=last.last_seq if last else 0)
+        records = await self.storage.records(query)
+        return len(records) == query.limit or any(
+            record.columns.event_name not in QUIET_OPERATIONS for record in records
+        )
+
     def _orphans(self, intents: list[Intent]) -> list[tuple[AuditEvent, str]]:
         recovered: list[tuple[AuditEvent, str]] = []
         for intent in intents:
             if intent.request_id in self._open_intents:
+                continue
+            if not self._recover_all and intent.request_id not in self._own_intents:
                 continue
             try:
                 document = unknown_outcome_document(parse_document(intent.body))
@@ -434,11 +486,14 @@ class AuditTrail:
     async def info(self) -> TrailInfo:
         state = await self.storage.load_state()
         assert state is not None
+        if self._shared_chain:
+            # Other workers may have appended, or made the signing key.
+            await self._refresh_signing_keys()
         return TrailInfo(
             region=state.region,
             chain_id=state.chain_id,
             tracking_start_us=state.tracking_start_us,
-            head=self._writer.head,
+            head=state.head if self._shared_chain else self._writer.head,
             pruned_through_seq=state.pruned_through_seq,
             pruned_through_hash=state.pruned_through_hash,
             public_keys=dict(self._public_keys),
@@ -457,6 +512,9 @@ class AuditTrail:
         async with self._signer_lock:
             if self._signer is not None:
                 return
+            if self._shared_chain:
+                # Use the key another worker made rather than make a second one.
+                await self._refresh_signing_keys()
             signer, row = await _signing_key(
                 self._signing_keys, self._root_key, self._clock, self._randbytes
             )
@@ -466,8 +524,19 @@ class AuditTrail:
                 self._public_keys[row.key_id] = row.public_key
             self._signer = signer
 
+    async def _refresh_signing_keys(self) -> None:
+        rows = await self.storage.signing_keys()
+        self._signing_keys = rows
+        self._public_keys.update({row.key_id: row.public_key for row in rows})
+
     @property
     def last_digest(self) -> NewDigest | None:
+        return self._writer.last_digest
+
+    async def latest_digest(self) -> NewDigest | None:
+        """The newest digest; from the database when other workers may have sealed."""
+        if self._shared_chain:
+            return await self.storage.last_digest()
         return self._writer.last_digest
 
     @property

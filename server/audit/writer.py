@@ -97,8 +97,13 @@ class GroupCommitWriter:
         batch_records_max: int,
         queue_records_max: int,
         observer: AuditObserver | None = None,
+        shared_chain: bool = False,
     ) -> None:
         self._connect = connect
+        # True when other worker processes append to the same chain: ``head`` and
+        # ``last_digest`` are then only this writer's latest view, and every commit
+        # chains onto the head stored in the database instead.
+        self._shared_chain = shared_chain
         self._head = head
         self._last_digest = last_digest
         self._batch_max = batch_records_max
@@ -275,11 +280,47 @@ class GroupCommitWriter:
         return future
 
     def _commit(self, connection: GroupCommitConnection, items: list[_Item]) -> bool:
-        head = self._head
+        built: list[tuple[ChainHead, NewDigest | None, list[object]]] = []
+
+        def build(head: ChainHead, digest: NewDigest | None) -> CommitBatch:
+            batch, head, digest, results = self._chain(items, head, digest)
+            # Kept for after COMMIT; a retried build (never today) would replace it.
+            built[:] = [(head, digest, results)]
+            return batch
+
+        started = time.perf_counter()
+        try:
+            if self._shared_chain:
+                # Several workers append to one chain: chain onto the head stored in the
+                # database, read under SQLite's write lock (audit_database.py).
+                connection.commit_on_chain(build)
+            else:
+                connection.commit(build(self._head, self._last_digest))
+        except _SealFailed as failure:
+            self._settle_many(items, error=AuditUnavailable(f"sealing failed: {failure.cause}"))
+            return False
+        except Exception as error:
+            self._observer.write_failed()
+            self._settle_many(items, error=AuditUnavailable(f"the audit store failed: {error}"))
+            return False
+        finished = time.perf_counter()
+        head, digest, results = built[0]
+        self._head = head
+        self._last_digest = digest
+        self._observer.batch_committed(len(items), finished - started)
+        for item in items:
+            if item.event is not None:
+                self._observer.record_durable(finished - item.enqueued)
+        self._settle(lambda: _resolve_all(items, results))
+        return True
+
+    def _chain(
+        self, items: list[_Item], head: ChainHead, digest: NewDigest | None
+    ) -> tuple[CommitBatch, ChainHead, NewDigest | None, list[object]]:
+        """The batch for ``items`` chained onto ``head``; the new head, digest, results."""
         batch = CommitBatch(head=head)
         results: list[object] = []
         increments: list[UsageIncrement] = []
-        digest = self._last_digest
         for item in items:
             result: object = None
             if item.intent is not None:
@@ -301,8 +342,7 @@ class GroupCommitWriter:
                 try:
                     sealed = item.seal(head, digest)
                 except Exception as error:
-                    self._settle_many(items, error=AuditUnavailable(f"sealing failed: {error}"))
-                    return False
+                    raise _SealFailed(error) from error
                 if sealed is not None:
                     batch.digest = sealed
                     digest = sealed
@@ -310,22 +350,7 @@ class GroupCommitWriter:
             results.append(result)
         batch.head = head
         batch.usage = merge_increments(increments)
-        started = time.perf_counter()
-        try:
-            connection.commit(batch)
-        except Exception as error:
-            self._observer.write_failed()
-            self._settle_many(items, error=AuditUnavailable(f"the audit store failed: {error}"))
-            return False
-        finished = time.perf_counter()
-        self._head = head
-        self._last_digest = digest
-        self._observer.batch_committed(len(items), finished - started)
-        for item in items:
-            if item.event is not None:
-                self._observer.record_durable(finished - item.enqueued)
-        self._settle(lambda: _resolve_all(items, results))
-        return True
+        return batch, head, digest, results
 
     # ---- handing results back to the loop --------------------------------------------------
 
@@ -360,6 +385,14 @@ class GroupCommitWriter:
     def _finish_stopped(self) -> None:
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+
+
+class _SealFailed(Exception):
+    """Building a digest failed: the batch is not written."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _resolve_all(items: list[_Item], results: list[object]) -> None:

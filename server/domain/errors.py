@@ -26,6 +26,7 @@ rebuilds the same classes from ``(code, reason)``.
     ├── IncorrectKeyMaterialException   imported material that does not fit the key
     ├── DisabledException
     ├── KMSInvalidStateException
+    ├── ConflictException               a rotation of the key is already in progress
     ├── AccessDeniedException
     ├── LimitExceededException / ThrottlingException
     ├── DependencyTimeoutException
@@ -138,6 +139,13 @@ class DisabledException(KmsError):
 
 class KMSInvalidStateException(KmsError):
     reason = "KMSInvalidStateException"
+
+
+class ConflictException(KmsError):
+    """AWS's answer to RotateKeyOnDemand while a rotation of the key is in progress (a
+    multi-Region rotation waiting for every replica region to hold the new version)."""
+
+    reason = "ConflictException"
 
 
 class AccessDeniedException(KmsError):

@@ -27,6 +27,7 @@ __all__ = [
     "IdempotencyRecord",
     "IdempotencyRecords",
     "PendingToken",
+    "TokenHeldElsewhere",
 ]
 
 TOKEN_CHARS_MAX = 128
@@ -42,6 +43,15 @@ class PendingToken:
     request_digest: bytes
     created_at: datetime
     reserved: bool = False
+    # Set when other worker processes share the store (server/workers.py): a stored
+    # record of the same token made at or after this time belongs to a call another
+    # worker runs or ran, so the reservation raises TokenHeldElsewhere instead of
+    # replacing it. None: the guard already saw that no live record exists.
+    live_after: datetime | None = None
+
+
+class TokenHeldElsewhere(Exception):
+    """Another worker process reserved this token first: wait for its outcome."""
 
 
 # Set by the API layer around one operation; read by the store when it commits. A

@@ -18,6 +18,10 @@ into one that contains both, whatever order, duplication or delay the log suffer
 - ``holders`` — for each version, the (region, incarnation) pairs that hold its material.
   Grow-only. A region adds itself once the material is stored; the primary promotes a
   pending version to current only when every live member holds it (two-phase rotation).
+- ``rotations`` — for each version that a rotation made current: when, and its place in
+  the order of rotations (what ListKeyRotations shows, the same in every region). Joined
+  per version by the earlier mark, so two sides of a split that both promoted one
+  version agree afterwards.
 
 Independent properties (description, policy, grants, aliases, tags, enabled state) are not
 here: they live in each region's own key row. A new replica's *initial* description,
@@ -48,6 +52,7 @@ from meridian.server.domain.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
+from meridian.server.domain.key_material import RotationType
 from meridian.server.domain.model import (
     KeySpec,
     KeyState,
@@ -88,6 +93,22 @@ class VersionInfo:
     created_at_us: int
     commitment: bytes
     origin_region: str
+    # The kind of rotation that staged this version; None for a key's first version. It
+    # is part of the version (immutable), so the 25 on-demand rotations of a key are
+    # counted from the shared versions, the same way in every region.
+    rotation_type: RotationType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RotationMark:
+    """A staged version became the current one: when, and as the how-manieth rotation."""
+
+    rotated_at_us: int
+    serial: int
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.rotated_at_us, self.serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +146,9 @@ class Settings:
     pending_material_id: bytes | None = None
     rotation_enabled: bool = False
     rotation_period_days: int | None = None
+    # The next automatic rotation (set exactly while rotation is enabled): shared, so a
+    # replica reports it and a region that becomes primary keeps the schedule.
+    next_rotation_us: int | None = None
 
     @property
     def order(self) -> tuple[int, str, int, str]:
@@ -142,6 +166,7 @@ class SharedState:
     versions: Mapping[bytes, VersionInfo]
     members: Mapping[str, Membership]
     holders: Mapping[bytes, frozenset[Holder]]
+    rotations: Mapping[bytes, RotationMark] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
@@ -173,6 +198,23 @@ class SharedState:
 
     def role(self, region: str) -> str:
         return PRIMARY if region == self.primary_region else REPLICA
+
+    def on_demand_rotations(self) -> int:
+        """On-demand rotations requested (completed or pending), counted from the shared
+        versions so that every region, and any later primary, counts the same."""
+        return sum(
+            1
+            for version in self.versions.values()
+            if version.rotation_type is RotationType.ON_DEMAND
+        )
+
+    def staged_not_rotated(self) -> frozenset[bytes]:
+        """Versions a rotation staged that have not (yet) become current by rotating."""
+        return frozenset(
+            material_id
+            for material_id, version in self.versions.items()
+            if version.rotation_type is not None and material_id not in self.rotations
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,9 +499,16 @@ def stage_version(state: SharedState, *, region: str, version: VersionInfo) -> S
     return promote_ready(staged, region=region) or _checked(staged)
 
 
-def promote_ready(state: SharedState, *, region: str) -> SharedState | None:
+def promote_ready(
+    state: SharedState, *, region: str, now_us: int | None = None
+) -> SharedState | None:
     """Two-phase rotation, phase two: at the primary, make the pending version current
-    once every live member holds it. None when there is nothing to promote."""
+    once every live member holds it. None when there is nothing to promote.
+
+    The promotion is the rotation's completion: it is marked at ``now_us`` (by default the
+    version's creation, i.e. a version current in the step that staged it) with the next
+    serial number, so that every region lists the same rotations in the same order.
+    """
     pending = state.settings.pending_material_id
     if pending is None or state.primary_region != region or state.missing_holders(pending):
         return None
@@ -470,11 +519,22 @@ def promote_ready(state: SharedState, *, region: str) -> SharedState | None:
         current_material_id=pending,
         pending_material_id=None,
     )
-    return _checked(replace(state, settings=settings))
+    rotations = dict(state.rotations)
+    if pending not in rotations:
+        rotated_at_us = state.versions[pending].created_at_us if now_us is None else now_us
+        serial = 1 + max((mark.serial for mark in rotations.values()), default=0)
+        rotations[pending] = RotationMark(rotated_at_us=rotated_at_us, serial=serial)
+    return _checked(replace(state, settings=settings, rotations=rotations))
 
 
 def set_rotation(
-    state: SharedState, *, region: str, arn: str, enabled: bool, period_days: int | None
+    state: SharedState,
+    *,
+    region: str,
+    arn: str,
+    enabled: bool,
+    period_days: int | None,
+    next_rotation_us: int | None = None,
 ) -> SharedState:
     """A change of the rotation setting (a shared property) at the primary."""
     require_primary(state, region=region, arn=arn, action="you can change rotation")
@@ -484,6 +544,7 @@ def set_rotation(
         author_region=region,
         rotation_enabled=enabled,
         rotation_period_days=period_days,
+        next_rotation_us=next_rotation_us if enabled else None,
     )
     return _checked(replace(state, settings=settings))
 
@@ -580,6 +641,10 @@ def check_state(state: SharedState, *, requests: bool = False) -> None:
         ROTATION_PERIOD_DAYS_MIN <= settings.rotation_period_days <= ROTATION_PERIOD_DAYS_MAX
     ):
         raise MultiRegionStateError("bad rotation period")
+    if settings.next_rotation_us is not None and (
+        not settings.rotation_enabled or settings.next_rotation_us < 0
+    ):
+        raise MultiRegionStateError("a next rotation date without rotation enabled")
     for material_id, version in state.versions.items():
         if (
             material_id != version.material_id
@@ -589,6 +654,9 @@ def check_state(state: SharedState, *, requests: bool = False) -> None:
             or not identifiers.is_valid_region(version.origin_region)
         ):
             raise MultiRegionStateError("bad version")
+    for material_id, mark in state.rotations.items():
+        if material_id not in state.versions or mark.serial < 1 or mark.rotated_at_us < 0:
+            raise MultiRegionStateError("a rotation mark names an unknown version")
     for member in state.members.values():
         if member.incarnation < 1 or not identifiers.is_valid_region(member.author_region):
             raise MultiRegionStateError("bad membership")

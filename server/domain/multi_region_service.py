@@ -17,6 +17,12 @@ Hooks for the rest of the domain (each runs inside the caller's write transactio
 - ``require_shared_write``: shared properties change only at the primary.
 - ``stage_version`` / ``set_rotation``: the two-phase rotation hook and the rotation
   setting, for the rotation feature (see ``stage_version``).
+
+And hooks the other way, set by the composition root for the rotation feature:
+``version_promoted`` (replication made a staged version current at the primary) and
+``shared_state_changed`` (the view changed, by this region or by a peer's record: the
+rotation feature keeps its per-region tables in step with the shared rotation setting
+and rotation history).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from meridian.server.domain.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
+from meridian.server.domain.key_material import RotationType
 from meridian.server.domain.model import (
     Caller,
     Key,
@@ -89,6 +96,9 @@ class ReplicateKeyResult:
 # Called once a version becomes current by the two-phase rule (with the transaction, the
 # key already updated, and the version id): where the rotation feature records it.
 VersionPromoted = Callable[[KeyWriter, Key, bytes], Awaitable[None]]
+# Called inside the transaction that stored a new view of a key whose row this region
+# holds (a local change or an applied record), with the key row as it now is.
+SharedStateChanged = Callable[[KeyWriter, Key, SharedState], Awaitable[None]]
 
 
 class MultiRegionService:
@@ -112,6 +122,7 @@ class MultiRegionService:
         # shippers' wake-up (they re-read the outbox behind the committing transaction).
         self.on_append: Callable[[], None] = lambda: None
         self.version_promoted: VersionPromoted | None = None
+        self.shared_state_changed: SharedStateChanged | None = None
         # ReplicateKey waits (bounded) for the replica's region to acknowledge the log up
         # to its own record, so that in a healthy cluster the replica exists there when
         # the call returns. Set by the composition root: (region, seq) -> acknowledged?
@@ -189,7 +200,13 @@ class MultiRegionService:
             raise KMSInvalidStateException(f"{key.arn} is updating.")
 
     async def stage_version(
-        self, tx: KeyWriter, key: Key, version: KeyVersion, material: bytes
+        self,
+        tx: KeyWriter,
+        key: Key,
+        version: KeyVersion,
+        material: bytes,
+        *,
+        rotation_type: RotationType = RotationType.ON_DEMAND,
     ) -> bool:
         """The two-phase rotation hook for a multi-Region primary key.
 
@@ -201,27 +218,47 @@ class MultiRegionService:
         does, once every live replica has acknowledged holding it, by setting
         ``key.current_material_id`` and calling ``version_promoted`` (if set) in that
         transaction. ``GetReplicationStatus`` lists pending versions and the regions still
-        missing them.
+        missing them. ``rotation_type`` travels with the version (the limit on on-demand
+        rotations is counted from the shared versions).
         """
         state, meta = await self._state(tx, key)
         require_primary(state, region=self.region, arn=key.arn, action="you can rotate")
         if key.state is KeyState.UPDATING:
             raise KMSInvalidStateException(f"{key.arn} is updating.")
-        state = stage_version(
-            state, region=self.region, version=self._version_info(key.key_id, version, material)
+        info = replace(
+            self._version_info(key.key_id, version, material), rotation_type=rotation_type
         )
+        state = stage_version(state, region=self.region, version=info)
         await self._store(tx, key, state, meta, self._now_us())
         return state.settings.current_material_id == version.material_id
 
     async def set_rotation(
-        self, tx: KeyWriter, key: Key, *, enabled: bool, period_days: int | None
+        self,
+        tx: KeyWriter,
+        key: Key,
+        *,
+        enabled: bool,
+        period_days: int | None,
+        next_rotation: datetime | None = None,
     ) -> None:
-        """Record a change of the rotation setting (a shared property) at the primary."""
+        """Record a change of the rotation setting (a shared property) at the primary:
+        whether automatic rotation is on, its period and its next date."""
         state, meta = await self._state(tx, key)
         state = set_rotation(
-            state, region=self.region, arn=key.arn, enabled=enabled, period_days=period_days
+            state,
+            region=self.region,
+            arn=key.arn,
+            enabled=enabled,
+            period_days=period_days,
+            next_rotation_us=None if next_rotation is None else _us(next_rotation),
         )
         await self._store(tx, key, state, meta, self._now_us())
+
+    async def shared_state(self, key_id: str, tx: KeyWriter | None = None) -> SharedState | None:
+        """This region's view of ``key_id``: committed, or as seen inside ``tx``."""
+        source = self._reader if tx is None else self._writer_for(tx)
+        found = await source.get_state(key_id)
+        return None if found is None else found[0]
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -359,6 +396,8 @@ class MultiRegionService:
             Record(author_region=self.region, author_key_state=key.state.value, state=state),
             now_us=now_us,
         )
+        if self.shared_state_changed is not None:
+            await self.shared_state_changed(tx, key, state)
         self.on_append()
         return seq
 

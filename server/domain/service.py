@@ -176,10 +176,32 @@ class KeyService:
                 origin=origin,
             )
 
-        now = self._clock.now()
-        key_id = identifiers.new_key_id(
-            multi_region=request.multi_region, randbytes=self._randbytes(16)
+        key, version, material = await self.new_symmetric_key(
+            description=request.description,
+            policy=request.policy,
+            multi_region=request.multi_region,
         )
+        key_id, material_id = key.key_id, key.current_material_id
+        async with self._store.write() as tx:
+            await tx.insert_key(key, version)
+            if request.tags:
+                await tx.put_tags(key_id, request.tags)
+            if key.multi_region and self.multi_region is not None:
+                await self.multi_region.key_created(tx, key, version, material)
+        self._materials.put(key_id, material_id, material)
+        return key
+
+    async def new_symmetric_key(
+        self, *, description: str, policy: str = "", multi_region: bool = False
+    ) -> tuple[Key, KeyVersion, bytes]:
+        """A new Enabled SYMMETRIC_DEFAULT key, its wrapped first version and the material.
+
+        Nothing is written: CreateKey stores the result in its transaction, and
+        ``meridian node seed-keys`` (server/seeding.py) stores many in one, so both make
+        exactly the same rows. The caller validated ``description`` and ``policy``.
+        """
+        now = self._clock.now()
+        key_id = identifiers.new_key_id(multi_region=multi_region, randbytes=self._randbytes(16))
         material = self._randbytes(MATERIAL_BYTES)
         material_id = self._randbytes(32)
         version = KeyVersion(
@@ -196,24 +218,17 @@ class KeyService:
             account_id=self.account_id,
             region=self.region,
             created_at=now,
-            description=request.description,
-            key_spec=key_spec,
-            key_usage=key_usage,
-            origin=origin,
+            description=description,
+            key_spec=KeySpec.SYMMETRIC_DEFAULT,
+            key_usage=KeyUsage.ENCRYPT_DECRYPT,
+            origin=Origin.AWS_KMS,
             state=KeyState.ENABLED,
-            policy=request.policy or validation.default_key_policy(self.account_id),
+            policy=policy or validation.default_key_policy(self.account_id),
             current_material_id=material_id,
-            multi_region=request.multi_region,
+            multi_region=multi_region,
         )
         key.check_invariants()
-        async with self._store.write() as tx:
-            await tx.insert_key(key, version)
-            if request.tags:
-                await tx.put_tags(key_id, request.tags)
-            if key.multi_region and self.multi_region is not None:
-                await self.multi_region.key_created(tx, key, version, material)
-        self._materials.put(key_id, material_id, material)
-        return key
+        return key, version, material
 
     async def describe_key(self, caller: Caller, key_id: str) -> Key:
         key = await self._resolve(self._store.reader, key_id)
@@ -639,6 +654,11 @@ class KeyService:
     def forget_materials(self, key_id: str) -> None:
         """Drop a key's cached material (its material was deleted or expired)."""
         self._materials.forget_key(key_id)
+
+    def forget_all_materials(self) -> None:
+        """Drop all cached material: another worker process committed, and it may have
+        deleted material this process still holds (server/workers.py)."""
+        self._materials.clear()
 
     def require_usable(self, key: Key) -> None:
         """The key's state must allow cryptographic operations (AWS's key-state table)."""

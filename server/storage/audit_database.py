@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +29,10 @@ from meridian.server.audit.ports import (
     TrailState,
     UsageRow,
 )
+from meridian.server.storage.write_turns import WriteTurns
 
 BUSY_TIMEOUT_MS = 10_000
+CHAIN_HANDOVER_S = 0.0005
 T = TypeVar("T")
 
 _RECORD_COLUMNS = (
@@ -45,8 +48,10 @@ _STATE_COLUMNS = (
 class AuditDatabase:
     """Synchronous access to the audit tables over one sqlite3 connection."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path | None = None) -> None:
         self.connection = connection
+        self._path = path
+        self._turns: WriteTurns | None = None
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> AuditDatabase:
@@ -58,10 +63,13 @@ class AuditDatabase:
             connection = sqlite3.connect(str(path), isolation_level=None)
             connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return cls(connection)
+        return cls(connection, path)
 
     def close(self) -> None:
         self.connection.close()
+        if self._turns is not None:
+            self._turns.close()
+            self._turns = None
 
     def _one(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
         return self.connection.execute(sql, parameters).fetchone()
@@ -131,72 +139,114 @@ class AuditDatabase:
         can wait for the loop, which is what bounds a commit's duration.
         """
         with self._transaction():
-            self._insert(
-                "INSERT OR REPLACE INTO audit_intents VALUES",
-                [(i.request_id, i.created_at_us, i.body) for i in batch.intents_put],
-            )
-            self._insert(
-                f"INSERT INTO audit_records ({_RECORD_COLUMNS}) VALUES",
-                [
-                    (
-                        record.seq,
-                        record.prev_hash,
-                        record.hash,
-                        record.event.body,
-                        *_index_values(record.event.index),
-                    )
-                    for record in batch.records
-                ],
-            )
-            for chunk in _chunks([(request_id,) for request_id in batch.intents_done]):
-                placeholders = ", ".join("?" for _ in chunk)
-                self.connection.execute(
-                    f"DELETE FROM audit_intents WHERE request_id IN ({placeholders})",
-                    [request_id for (request_id,) in chunk],
+            self._write_batch(batch)
+
+    def commit_on_chain(self, build: Callable[[ChainHead, NewDigest | None], CommitBatch]) -> None:
+        """One transaction whose batch is chained onto the head *stored* in it.
+
+        Used when several worker processes append to the one chain (server/workers.py):
+        ``BEGIN IMMEDIATE`` holds SQLite's write lock, so the head and last digest read
+        here are the latest, and no other worker can append until COMMIT. ``build``
+        chains the records (and seals) onto them.
+        """
+        turns = self._write_turns()
+        # The workers' writers take turns (storage/write_turns.py), so that waiting for
+        # another worker's commit is not SQLite's busy handler's sleeps.
+        turns.acquire(BUSY_TIMEOUT_MS / 1000)
+        try:
+            with self._transaction():
+                self._write_batch(build(self._stored_head(), self.last_digest()))
+        finally:
+            turns.release()
+        # The lock is not fair: a writer that looped straight back to it could win it
+        # again and again while another worker's callers wait. A moment's pause hands it
+        # over (this writer's next batch only grows meanwhile).
+        time.sleep(CHAIN_HANDOVER_S)
+
+    def _write_turns(self) -> WriteTurns:
+        if self._turns is None:
+            if self._path is None:
+                raise sqlite3.OperationalError("a shared chain needs the database's path")
+            self._turns = WriteTurns(self._path)
+        return self._turns
+
+    def _stored_head(self) -> ChainHead:
+        state = self.load_state()
+        if state is None:
+            raise sqlite3.OperationalError("the audit trail has no state row")
+        last = self.last_record()
+        # As at open (trail.py): never reuse a number, even if the head row is behind.
+        if last is not None and last.seq > state.head.seq:
+            return ChainHead(last.seq, last.hash)
+        return state.head
+
+    def _write_batch(self, batch: CommitBatch) -> None:
+        self._insert(
+            "INSERT OR REPLACE INTO audit_intents VALUES",
+            [(i.request_id, i.created_at_us, i.body) for i in batch.intents_put],
+        )
+        self._insert(
+            f"INSERT INTO audit_records ({_RECORD_COLUMNS}) VALUES",
+            [
+                (
+                    record.seq,
+                    record.prev_hash,
+                    record.hash,
+                    record.event.body,
+                    *_index_values(record.event.index),
                 )
-            self._insert(
-                "INSERT INTO usage_daily VALUES",
-                [(u.day, u.key_arn, u.operation, u.requests, u.failures) for u in batch.usage],
-                " ON CONFLICT (day, key_arn, operation) DO UPDATE SET "
-                "requests = requests + excluded.requests, "
-                "failures = failures + excluded.failures",
+                for record in batch.records
+            ],
+        )
+        for chunk in _chunks([(request_id,) for request_id in batch.intents_done]):
+            placeholders = ", ".join("?" for _ in chunk)
+            self.connection.execute(
+                f"DELETE FROM audit_intents WHERE request_id IN ({placeholders})",
+                [request_id for (request_id,) in chunk],
             )
-            self._insert(
-                "INSERT INTO key_last_usage VALUES",
-                [
-                    (u.key_arn, u.operation, u.used_at_us, u.event_id, u.request_id)
-                    for u in _latest_uses(batch.last_uses)
-                ],
-                " ON CONFLICT (key_arn) DO UPDATE SET operation = excluded.operation, "
-                "used_at_us = excluded.used_at_us, event_id = excluded.event_id, "
-                "request_id = excluded.request_id "
-                "WHERE excluded.used_at_us >= key_last_usage.used_at_us",
+        self._insert(
+            "INSERT INTO usage_daily VALUES",
+            [(u.day, u.key_arn, u.operation, u.requests, u.failures) for u in batch.usage],
+            " ON CONFLICT (day, key_arn, operation) DO UPDATE SET "
+            "requests = requests + excluded.requests, "
+            "failures = failures + excluded.failures",
+        )
+        self._insert(
+            "INSERT INTO key_last_usage VALUES",
+            [
+                (u.key_arn, u.operation, u.used_at_us, u.event_id, u.request_id)
+                for u in _latest_uses(batch.last_uses)
+            ],
+            " ON CONFLICT (key_arn) DO UPDATE SET operation = excluded.operation, "
+            "used_at_us = excluded.used_at_us, event_id = excluded.event_id, "
+            "request_id = excluded.request_id "
+            "WHERE excluded.used_at_us >= key_last_usage.used_at_us",
+        )
+        if batch.digest is not None:
+            new = batch.digest
+            self.connection.execute(
+                "INSERT INTO audit_digests VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    new.digest.number,
+                    new.last_seq,
+                    new.sealed_at_us,
+                    new.digest.key_id,
+                    new.digest.body,
+                    new.digest.signature,
+                ),
             )
-            if batch.digest is not None:
-                new = batch.digest
-                self.connection.execute(
-                    "INSERT INTO audit_digests VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        new.digest.number,
-                        new.last_seq,
-                        new.sealed_at_us,
-                        new.digest.key_id,
-                        new.digest.body,
-                        new.digest.signature,
-                    ),
-                )
-            if batch.prune_anchor is not None:
-                through_seq, through_hash = batch.prune_anchor
-                self.connection.execute(
-                    "UPDATE audit_state SET pruned_through_seq = ?, pruned_through_hash = ? "
-                    "WHERE singleton = 1",
-                    (through_seq, through_hash),
-                )
-            if batch.records:
-                self.connection.execute(
-                    "UPDATE audit_state SET head_seq = ?, head_hash = ? WHERE singleton = 1",
-                    (batch.head.seq, batch.head.hash),
-                )
+        if batch.prune_anchor is not None:
+            through_seq, through_hash = batch.prune_anchor
+            self.connection.execute(
+                "UPDATE audit_state SET pruned_through_seq = ?, pruned_through_hash = ? "
+                "WHERE singleton = 1",
+                (through_seq, through_hash),
+            )
+        if batch.records:
+            self.connection.execute(
+                "UPDATE audit_state SET head_seq = ?, head_hash = ? WHERE singleton = 1",
+                (batch.head.seq, batch.head.hash),
+            )
 
     def _insert(self, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
         """``head (?, ...), (?, ...) tail`` for up to 500 rows per statement."""

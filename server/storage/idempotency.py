@@ -17,6 +17,7 @@ from meridian.server.domain.idempotency import (
     PENDING_TOKEN,
     IdempotencyRecord,
     PendingToken,
+    TokenHeldElsewhere,
 )
 from meridian.server.storage.repository import from_us, to_us
 
@@ -50,6 +51,17 @@ async def reserve_pending_token(connection: aiosqlite.Connection) -> PendingToke
     pending = PENDING_TOKEN.get()
     if pending is None or pending.reserved:
         return None
+    if pending.live_after is not None:
+        # Several workers: another may have reserved the token since this one looked.
+        # This transaction holds SQLite's write lock, so the answer cannot change
+        # before COMMIT; raising rolls the whole change back.
+        rows = await _all(
+            connection,
+            "SELECT created_at_us FROM idempotency_tokens WHERE principal_arn = ? AND token = ?",
+            (pending.principal_arn, pending.token),
+        )
+        if rows and rows[0][0] >= to_us(pending.live_after):
+            raise TokenHeldElsewhere()
     # REPLACE: the guard found no live record before the call ran, so a row still
     # there is an expired one that may be reused.
     await connection.execute(

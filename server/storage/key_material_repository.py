@@ -86,8 +86,9 @@ class SqliteKeyMaterialRepository:
         self._db = connection
 
     async def _all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
-        async with self._db.execute(sql, parameters) as cursor:
-            return list(await cursor.fetchall())
+        # One hop to aiosqlite's thread, not three (execute, fetch, close): replication
+        # calls these once per key it applies (rotation.follow_shared_state).
+        return list(await self._db.execute_fetchall(sql, parameters))
 
     async def list_materials(self, key_id: str) -> list[KeyMaterial]:
         rows = await self._all(_LIST_MATERIALS, (key_id,))
@@ -120,12 +121,16 @@ class SqliteKeyMaterialRepository:
 
     async def keys_due_for_rotation(self, now: datetime, *, limit: int) -> list[str]:
         # Only Enabled keys: a disabled key is not rotated (AWS), and leaving it out here
-        # keeps it from filling every batch until it is enabled again. Multi-region keys
-        # rotate through replication's two phases, not here (domain/rotation.py).
+        # keeps it from filling every batch until it is enabled again. For the same
+        # reason a multi-Region key is due only in its primary region (every region's
+        # row follows the shared schedule) and not while a rotation of it waits for its
+        # replica regions (domain/rotation.py).
         rows = await self._all(
             "SELECT r.key_id FROM key_rotation r JOIN keys k ON k.key_id = r.key_id "
             "WHERE r.next_rotation_us IS NOT NULL AND r.next_rotation_us <= ? "
-            "AND k.key_state = 'Enabled' AND k.multi_region = 0 "
+            "AND k.key_state = 'Enabled' AND (k.multi_region = 0 OR EXISTS ("
+            "SELECT 1 FROM mrk_state s WHERE s.key_id = k.key_id "
+            "AND s.primary_region = k.region AND s.pending = 0)) "
             "ORDER BY r.next_rotation_us LIMIT ?",
             (to_us(now), limit),
         )

@@ -7,13 +7,13 @@ it records, an inbound position with the entries it covers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
-from meridian.server.domain.model import KeyVersion
+from meridian.server.domain.model import Key, KeyVersion
 from meridian.server.domain.multi_region import (
     LocalMeta,
     Record,
@@ -26,7 +26,11 @@ from meridian.server.domain.multi_region_codec import (
     encode_record,
     encode_state,
 )
-from meridian.server.storage.repository import from_us, to_us
+from meridian.server.storage.repository import _KEY_COLUMNS, _key_from_row, from_us, to_us
+
+# Key ids per ``IN (...)`` list of a bulk read: far below SQLite's bound on parameters
+# (32,766), and small enough that one statement never holds the thread for long.
+KEY_IDS_PER_QUERY_MAX = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,66 @@ class SqliteReplicationRepository:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
 
+    # Every statement is one hop to aiosqlite's thread (execute_fetchall), not three
+    # (execute, fetch, close): on a busy machine each hop waits for the scheduler, and the
+    # replication paths run many small reads.
     async def _one(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        async with self._db.execute(sql, parameters) as cursor:
-            return await cursor.fetchone()
+        rows = await self._db.execute_fetchall(sql, parameters)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        async with self._db.execute(sql, parameters) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, parameters))
+
+    async def _all_in(self, sql: str, key_ids: Iterable[str]) -> list[Any]:
+        """``sql`` with one ``IN ({ids})`` list, run over the distinct ``key_ids`` in chunks."""
+        distinct = sorted(set(key_ids))
+        rows: list[Any] = []
+        for start in range(0, len(distinct), KEY_IDS_PER_QUERY_MAX):
+            chunk = distinct[start : start + KEY_IDS_PER_QUERY_MAX]
+            rows.extend(await self._all(sql.format(ids=", ".join("?" * len(chunk))), chunk))
+        return rows
+
+    # ---- bulk reads (one statement per chunk of keys; a batch reads everything at once) --
+
+    async def states_of(self, key_ids: Iterable[str]) -> dict[str, tuple[SharedState, LocalMeta]]:
+        rows = await self._all_in(
+            "SELECT key_id, state, meta FROM mrk_state WHERE key_id IN ({ids})", key_ids
+        )
+        return {row[0]: (decode_state(bytes(row[1])), decode_meta(bytes(row[2]))) for row in rows}
+
+    async def keys_of(self, key_ids: Iterable[str]) -> dict[str, Key]:
+        rows = await self._all_in(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id IN ({{ids}})",  # noqa: S608
+            key_ids,
+        )
+        return {row[0]: _key_from_row(row) for row in rows}
+
+    async def versions_of(self, key_ids: Iterable[str]) -> dict[str, list[KeyVersion]]:
+        rows = await self._all_in(
+            "SELECT key_id, material_id, created_at_us, wrapped_material FROM key_versions "
+            "WHERE key_id IN ({ids})",
+            key_ids,
+        )
+        versions: dict[str, list[KeyVersion]] = {}
+        for row in rows:
+            versions.setdefault(row[0], []).append(
+                KeyVersion(
+                    key_id=row[0],
+                    material_id=bytes(row[1]),
+                    created_at=from_us(row[2]),
+                    wrapped_material=bytes(row[3]),
+                )
+            )
+        return versions
+
+    async def held_material_ids_of(self, key_ids: Iterable[str]) -> dict[str, frozenset[bytes]]:
+        rows = await self._all_in(
+            "SELECT key_id, material_id FROM key_versions WHERE key_id IN ({ids})", key_ids
+        )
+        held: dict[str, set[bytes]] = {}
+        for row in rows:
+            held.setdefault(row[0], set()).add(bytes(row[1]))
+        return {key_id: frozenset(ids) for key_id, ids in held.items()}
 
     # ---- multi-Region key views ---------------------------------------------------------
 
@@ -188,22 +245,33 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
     """The write half; use only on the connection of an open ``SqliteStore.write()``."""
 
     async def put_state(self, state: SharedState, meta: LocalMeta, *, now_us: int) -> None:
-        await self._db.execute(
+        await self.put_states([(state, meta)], now_us=now_us)
+
+    async def put_states(
+        self, states: Sequence[tuple[SharedState, LocalMeta]], *, now_us: int
+    ) -> None:
+        """Upsert many views in one statement (one thread hop)."""
+        if not states:
+            return
+        await self._db.executemany(
             "INSERT INTO mrk_state "
             "(key_id, epoch, primary_region, pending, state, meta, updated_at_us) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET "
             "epoch = excluded.epoch, primary_region = excluded.primary_region, "
             "pending = excluded.pending, state = excluded.state, meta = excluded.meta, "
             "updated_at_us = excluded.updated_at_us",
-            (
-                state.key_id,
-                state.epoch,
-                state.primary_region,
-                int(state.settings.pending_material_id is not None),
-                encode_state(state),
-                encode_meta(meta),
-                now_us,
-            ),
+            [
+                (
+                    state.key_id,
+                    state.epoch,
+                    state.primary_region,
+                    int(state.settings.pending_material_id is not None),
+                    encode_state(state),
+                    encode_meta(meta),
+                    now_us,
+                )
+                for state, meta in states
+            ],
         )
 
     async def put_meta(self, key_id: str, meta: LocalMeta) -> None:
@@ -224,19 +292,30 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
 
     async def append_record(self, record: Record, *, now_us: int) -> int:
         """Append ``record`` to the outbox; returns its sequence number."""
+        return (await self.append_records([record], now_us=now_us))[-1]
+
+    async def append_records(self, records: Sequence[Record], *, now_us: int) -> list[int]:
+        """Append ``records`` in order, in three statements whatever their number; returns
+        their sequence numbers (consecutive)."""
+        if not records:
+            return []
         row = await self._one("SELECT head_seq FROM replication_log WHERE singleton = 1")
         if row is None:
             raise AssertionError("the replication log is not initialised")
-        seq = int(row[0]) + 1
+        first = int(row[0]) + 1
+        seqs = list(range(first, first + len(records)))
         await self._db.execute(
-            "UPDATE replication_log SET head_seq = ? WHERE singleton = 1", (seq,)
+            "UPDATE replication_log SET head_seq = ? WHERE singleton = 1", (seqs[-1],)
         )
-        await self._db.execute(
+        await self._db.executemany(
             "INSERT INTO replication_outbox (seq, key_id, epoch, created_at_us, record) "
             "VALUES (?, ?, ?, ?, ?)",
-            (seq, record.state.key_id, record.state.epoch, now_us, encode_record(record)),
+            [
+                (seq, record.state.key_id, record.state.epoch, now_us, encode_record(record))
+                for seq, record in zip(seqs, records, strict=True)
+            ],
         )
-        return seq
+        return seqs
 
     async def prune_outbox(self, through_seq: int) -> int:
         """Delete entries up to ``through_seq``; returns how many went."""
@@ -258,15 +337,23 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
         )
 
     async def insert_version(self, version: KeyVersion) -> None:
-        await self._db.execute(
+        await self.insert_versions([version])
+
+    async def insert_versions(self, versions: Sequence[KeyVersion]) -> None:
+        if not versions:
+            return
+        await self._db.executemany(
             "INSERT OR IGNORE INTO key_versions (key_id, material_id, created_at_us, "
             "wrapped_material) VALUES (?, ?, ?, ?)",
-            (
-                version.key_id,
-                version.material_id,
-                to_us(version.created_at),
-                version.wrapped_material,
-            ),
+            [
+                (
+                    version.key_id,
+                    version.material_id,
+                    to_us(version.created_at),
+                    version.wrapped_material,
+                )
+                for version in versions
+            ],
         )
 
     async def set_inbound(

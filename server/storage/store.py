@@ -3,7 +3,9 @@
 Keys read on the hot path come from a cache of committed rows that every commit
 clears (``KeyCache``), so Encrypt/Decrypt run no SQL. This assumes this process is the
 only writer of its database while it runs: a tool that edits the file offline must do so
-with the node stopped.
+with the node stopped. A node with several worker processes (server/workers.py) shares
+the database between them; each commit then also bumps a counter all workers map
+(``commit_counter.py``), and a worker that sees it move clears its caches first.
 
 Why two connections: reads must never see another request's uncommitted writes,
 and SQLite in WAL mode gives a reader connection exactly the committed state while
@@ -16,33 +18,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
 
+from meridian.server.storage.commit_counter import SharedCommitCounter
 from meridian.server.storage.idempotency import reserve_pending_token
 from meridian.server.storage.migrations import apply_migrations
 from meridian.server.storage.repository import KeyCache, SqliteRepository, SqliteWriter
+from meridian.server.storage.write_turns import WriteTurns
 
 BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteStore:
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        commits: SharedCommitCounter | None = None,
     ) -> None:
         self.path = path
         self._writer_connection = writer
         self._reader_connection = reader
         self._writer = SqliteWriter(writer)
-        self._key_cache = KeyCache()
+        # Other workers' commits (None: this process is the only writer).
+        self._commits = commits
+        # Several workers' writers take turns before BEGIN (None: a lone node).
+        self._turns = WriteTurns(path) if commits is not None else None
+        self._commits_seen = commits.value() if commits is not None else 0
+        self._other_writers_listeners: list[Callable[[], None]] = []
+        self._key_cache = KeyCache(
+            before_use=self.observe_other_writers if commits is not None else None
+        )
         self._reader = SqliteRepository(reader, self._key_cache)
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, *, commits: SharedCommitCounter | None = None) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
@@ -53,7 +69,26 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, path)
+        return cls(writer, reader, path, commits)
+
+    def on_other_writers_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when another worker committed (a cache of it is stale)."""
+        self._other_writers_listeners.append(listener)
+
+    def observe_other_writers(self) -> None:
+        """Clear every cache of committed state if any worker committed since the last
+        look. Cheap (one load from shared memory); called before each cache is trusted
+        and at the start of every call."""
+        commits = self._commits
+        if commits is None:
+            return
+        value = commits.value()
+        if value == self._commits_seen:
+            return
+        self._commits_seen = value
+        self._key_cache.invalidate()
+        for listener in self._other_writers_listeners:
+            listener()
 
     @property
     def reader(self) -> SqliteRepository:
@@ -62,27 +97,58 @@ class SqliteStore:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqliteWriter]:
         async with self._write_lock:
-            await self._writer_connection.execute("BEGIN IMMEDIATE")
+            if self._turns is None:
+                async with self._transaction() as writer:
+                    yield writer
+                return
+            await self._take_turn(self._turns)
             try:
-                yield self._writer
-                # A retried call's idempotency token commits with the change it guards.
-                token = await reserve_pending_token(self._writer_connection)
-            except BaseException:
-                await self._writer_connection.execute("ROLLBACK")
-                raise
-            try:
-                await self._writer_connection.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT (I/O error, disk full) must not leave the transaction
-                # open for the next writer; SQLite may already have rolled it back.
-                with contextlib.suppress(Exception):
-                    await self._writer_connection.execute("ROLLBACK")
-                raise
+                async with self._transaction() as writer:
+                    yield writer
             finally:
-                # Only now: until the commit, readers must keep seeing the old rows.
-                self._key_cache.invalidate()
-            if token is not None:
-                token.reserved = True
+                self._turns.release()
+
+    async def _take_turn(self, turns: WriteTurns) -> None:
+        """Wait for this worker's turn to write (storage/write_turns.py), off the loop."""
+        if turns.try_acquire():
+            return  # free: no thread hop
+        taking = asyncio.ensure_future(asyncio.to_thread(turns.acquire, BUSY_TIMEOUT_MS / 1000))
+        try:
+            await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread may still get the lock after we stopped waiting: give it back.
+            taking.add_done_callback(_release_if_taken(turns))
+            raise
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqliteWriter]:
+        await self._writer_connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._writer
+            # A retried call's idempotency token commits with the change it guards.
+            token = await reserve_pending_token(self._writer_connection)
+        except BaseException:
+            await self._writer_connection.execute("ROLLBACK")
+            raise
+        try:
+            await self._writer_connection.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (I/O error, disk full) must not leave the transaction
+            # open for the next writer; SQLite may already have rolled it back.
+            with contextlib.suppress(Exception):
+                await self._writer_connection.execute("ROLLBACK")
+            raise
+        finally:
+            # Only now: until the commit, readers must keep seeing the old rows.
+            # The other workers are told before this change is acknowledged.
+            if self._commits is not None:
+                bumped = self._commits.bump()
+                # Nobody else committed since the last look: nothing else to clear.
+                if bumped == self._commits_seen + 1:
+                    self._commits_seen = bumped
+            self._key_cache.invalidate()
+        if token is not None:
+            token.reserved = True
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -93,6 +159,18 @@ class SqliteStore:
     async def close(self) -> None:
         await self._reader_connection.close()
         await self._writer_connection.close()
+        if self._commits is not None:
+            self._commits.close()
+        if self._turns is not None:
+            self._turns.close()
+
+
+def _release_if_taken(turns: WriteTurns) -> Callable[[asyncio.Future[None]], None]:
+    def release(taking: asyncio.Future[None]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            turns.release()
+
+    return release
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

@@ -8,6 +8,9 @@ Rules checked for each RPC of KeyManagementService:
 - every AWS string enum value that Meridian's domain declares exists in AWS's enum.
 Meridian's only additions are listed in MERIDIAN_EXTENSIONS and MERIDIAN_RPCS, with the
 reason; the added RPCs are held against the AWS service whose operation they mirror.
+The batch extensions (MERIDIAN_BATCH_RPCS, docs/batch-operations.md) mirror no AWS
+operation: they are held to carrying exactly the single operation's messages, which are
+themselves held against AWS's shapes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from meridian.proto.kms.v1 import kms_pb2
+from meridian.server.api.batch_servicer import BATCH_ITEM_OPERATIONS
 from meridian.server.domain import model
 
 # Fields Meridian adds on purpose; nothing else may differ from AWS.
@@ -43,7 +47,11 @@ MERIDIAN_RPCS = {
     )
 }
 
+# Meridian's batch extensions: no AWS operation; each one's items are this single operation.
+MERIDIAN_BATCH_RPCS = BATCH_ITEM_OPERATIONS
+
 SERVICE = kms_pb2.DESCRIPTOR.services_by_name["KeyManagementService"]
+AWS_SHAPED_RPCS = [m.name for m in SERVICE.methods if m.name not in MERIDIAN_BATCH_RPCS]
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +113,39 @@ def test_every_rpc_is_an_aws_operation(aws_models) -> None:
     unknown = [
         m.name
         for m in SERVICE.methods
-        if m.name not in aws_models[MERIDIAN_RPCS.get(m.name, ("kms",))[0]].operation_names
+        if m.name not in MERIDIAN_BATCH_RPCS
+        and m.name not in aws_models[MERIDIAN_RPCS.get(m.name, ("kms",))[0]].operation_names
     ]
     assert unknown == []
 
 
-@pytest.mark.parametrize("method", [m.name for m in SERVICE.methods])
+@pytest.mark.parametrize("method", sorted(MERIDIAN_BATCH_RPCS))
+def test_batch_extensions_carry_the_single_operations_messages(aws_model, method) -> None:
+    single = SERVICE.methods_by_name[MERIDIAN_BATCH_RPCS[method]]
+    batch = SERVICE.methods_by_name[method]
+    # Not an AWS operation, so nobody can mistake it for one of AWS's.
+    assert method not in aws_model.operation_names
+    request_fields = {f.name: f for f in batch.input_type.fields}
+    assert set(request_fields) == {"items"}
+    assert request_fields["items"].is_repeated
+    assert request_fields["items"].message_type is single.input_type
+    response_fields = {f.name: f for f in batch.output_type.fields}
+    assert set(response_fields) == {"results", "region"}
+    assert response_fields["region"].number >= 1000
+    result = response_fields["results"].message_type
+    assert response_fields["results"].is_repeated
+    outcome = result.oneofs_by_name["outcome"]
+    assert {f.name: f.message_type.name for f in outcome.fields} == {
+        "response": single.output_type.name,
+        "error": "BatchItemError",
+    }
+    assert result.fields_by_name["response"].message_type is single.output_type
+    assert {f.name for f in result.fields} == {"response", "error", "request_id"}
+    error = result.fields_by_name["error"].message_type
+    assert {f.name for f in error.fields} == {"reason", "message"}
+
+
+@pytest.mark.parametrize("method", AWS_SHAPED_RPCS)
 def test_fields_match_aws_shapes(aws_models, method) -> None:
     descriptor = SERVICE.methods_by_name[method]
     operation = aws_models[MERIDIAN_RPCS.get(method, ("kms",))[0]].operation_model(method)

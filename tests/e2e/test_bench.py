@@ -11,8 +11,11 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+OPERATIONS = ("Encrypt", "GenerateMac", "Verify-ML_DSA_65")
+
 
 def test_bench_smoke(tmp_path: Path) -> None:
+    """A tiny run of every part but the peer: the ceiling, audit on, audit off."""
     output = tmp_path / "bench.json"
     result = subprocess.run(
         [
@@ -20,14 +23,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "-m",
             "meridian",
             "bench",
-            "--operations",
-            "Encrypt,Decrypt",
+            "--ops",
+            ",".join(OPERATIONS),
             "--duration",
             "0.5",
             "--warmup",
             "0.2",
             "--concurrency",
-            "4",
+            "2",
             "--no-peer",
             "--output",
             str(output),
@@ -39,9 +42,32 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(output.read_text())
-    by_operation = {(r["target"], r["operation"]): r for r in document["results"]}
-    for key in (("ceiling (empty)", "Empty"), ("meridian", "Encrypt"), ("meridian", "Decrypt")):
-        assert by_operation[key]["operations"] > 0
-        assert by_operation[key]["errors"] == 0
-    assert document["ratios"]["Encrypt"]["of_ceiling"] > 0
-    assert "of ceiling" in result.stdout
+    assert document["options"]["operations"] == list(OPERATIONS)
+    assert document["options"]["audit_off"] is True
+    assert len(document["rounds"]) == 1
+    by_run = {(r["target"], r["operation"]): r for r in document["results"]}
+    expected = [("ceiling (empty)", "Empty")] + [
+        (target, operation)
+        for operation in OPERATIONS
+        for target in ("meridian", "meridian (audit off)")
+    ]
+    assert sorted(by_run) == sorted(expected)
+    for key in expected:
+        run = by_run[key]
+        assert run["operations"] > 0, key
+        assert run["errors"] == 0, key
+        assert run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"], key
+        assert run["server_cpu_ms_per_op"] is not None, key
+        assert run["server_cpu_ms_per_op"] > 0, key
+    assert set(document["ratios"]) == set(OPERATIONS)
+    for operation in OPERATIONS:
+        row = document["ratios"][operation]
+        assert row["of_ceiling"] > 0
+        assert row["cpu_vs_ceiling"] > 0
+        assert row["p99_vs_ceiling_p99"] > 0
+        assert row["audit_off_of_ceiling"] > 0
+        assert row["audit_on_vs_off"] > 0
+        assert "vs_moto" not in row  # the peer was not run
+    # The final tables, printed plainly off a terminal.
+    assert "Meridian side by side" in result.stdout
+    assert "Verify-ML_DSA_65" in result.stdout

@@ -59,7 +59,9 @@ def _first_failing_seed(seeds: int = 200) -> int | None:
 def test_the_checks_catch_promotion_before_every_replica_holds_the_version(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def eager(state: multi_region.SharedState, *, region: str) -> multi_region.SharedState | None:
+    def eager(
+        state: multi_region.SharedState, *, region: str, now_us: int | None = None
+    ) -> multi_region.SharedState | None:
         pending = state.settings.pending_material_id
         if pending is None or state.primary_region != region:
             return None

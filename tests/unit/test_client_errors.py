@@ -52,6 +52,11 @@ CASES: list[tuple[FakeError, type[KmsError], str]] = [
         "KMSInvalidStateException",
     ),
     (
+        FakeError(Code.FAILED_PRECONDITION, "ConflictException", "rotation in progress"),
+        errors.ConflictException,
+        "ConflictException",
+    ),
+    (
         FakeError(Code.UNAUTHENTICATED, "AccessDeniedException", "who?"),
         AccessDeniedException,
         "AccessDeniedException",

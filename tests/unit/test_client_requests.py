@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from client_batch_calls import BATCH_CALLS
 from client_key_type_calls import KEY_TYPE_CALLS, KEY_TYPE_PRESENCE
 from client_usage_calls import USAGE_CALLS
 from test_client_support import FakeCluster, async_cluster, sync_cluster
@@ -330,6 +331,7 @@ CALLS: list[tuple[str, dict[str, Any], str, Any]] = [
 
 CALLS += KEY_TYPE_CALLS
 CALLS += USAGE_CALLS
+CALLS += BATCH_CALLS
 # Multi-Region keys (replication/DESIGN.md).
 CALLS += [
     (

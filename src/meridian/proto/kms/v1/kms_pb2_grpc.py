@@ -309,6 +309,21 @@ class KeyManagementServiceStub:
                 request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.SerializeToString,
                 response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.FromString,
                 _registered_method=True)
+        self.BatchEncrypt = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/BatchEncrypt',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptResponse.FromString,
+                _registered_method=True)
+        self.BatchDecrypt = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/BatchDecrypt',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
+                _registered_method=True)
+        self.BatchGenerateDataKey = channel.unary_unary(
+                '/meridian.kms.v1.KeyManagementService/BatchGenerateDataKey',
+                request_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
+                response_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServiceServicer:
@@ -653,6 +668,30 @@ class KeyManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchEncrypt(self, request, context):
+        """Meridian extensions, not AWS KMS operations (docs/batch-operations.md): many
+        Encrypt/Decrypt/GenerateDataKey calls in one RPC, each item authorized, audited
+        and answered exactly as the single call would be. 1 to 100 items per call;
+        BatchEncrypt's plaintexts total at most 262,144 bytes. tests/contract lists them
+        in MERIDIAN_BATCH_RPCS and checks that their items are the single operations'
+        messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchDecrypt(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGenerateDataKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -930,6 +969,21 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     servicer.SimulatePrincipalPolicy,
                     request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.FromString,
                     response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.SerializeToString,
+            ),
+            'BatchEncrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchEncrypt,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptResponse.SerializeToString,
+            ),
+            'BatchDecrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchDecrypt,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.SerializeToString,
+            ),
+            'BatchGenerateDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGenerateDataKey,
+                    request_deserializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.FromString,
+                    response_serializer=meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2417,6 +2471,87 @@ class KeyManagementService:
             '/meridian.kms.v1.KeyManagementService/SimulatePrincipalPolicy',
             meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyRequest.SerializeToString,
             meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.SimulatePrincipalPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchEncrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/BatchEncrypt',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchEncryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchDecrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/BatchDecrypt',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGenerateDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.kms.v1.KeyManagementService/BatchGenerateDataKey',
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
+            meridian_dot_proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

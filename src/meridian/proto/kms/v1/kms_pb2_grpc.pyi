@@ -108,6 +108,16 @@ class KeyManagementServiceStub:
     ListUserPolicies: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListUserPoliciesRequest, _kms_pb2.ListUserPoliciesResponse]
     DeleteUserPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeleteUserPolicyRequest, _kms_pb2.DeleteUserPolicyResponse]
     SimulatePrincipalPolicy: _grpc.UnaryUnaryMultiCallable[_kms_pb2.SimulatePrincipalPolicyRequest, _kms_pb2.SimulatePrincipalPolicyResponse]
+    BatchEncrypt: _grpc.UnaryUnaryMultiCallable[_kms_pb2.BatchEncryptRequest, _kms_pb2.BatchEncryptResponse]
+    """Meridian extensions, not AWS KMS operations (docs/batch-operations.md): many
+    Encrypt/Decrypt/GenerateDataKey calls in one RPC, each item authorized, audited
+    and answered exactly as the single call would be. 1 to 100 items per call;
+    BatchEncrypt's plaintexts total at most 262,144 bytes. tests/contract lists them
+    in MERIDIAN_BATCH_RPCS and checks that their items are the single operations'
+    messages.
+    """
+    BatchDecrypt: _grpc.UnaryUnaryMultiCallable[_kms_pb2.BatchDecryptRequest, _kms_pb2.BatchDecryptResponse]
+    BatchGenerateDataKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.BatchGenerateDataKeyRequest, _kms_pb2.BatchGenerateDataKeyResponse]
 
 @_typing.type_check_only
 class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
@@ -177,6 +187,16 @@ class KeyManagementServiceAsyncStub(KeyManagementServiceStub):
     ListUserPolicies: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListUserPoliciesRequest, _kms_pb2.ListUserPoliciesResponse]  # type: ignore[assignment]
     DeleteUserPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeleteUserPolicyRequest, _kms_pb2.DeleteUserPolicyResponse]  # type: ignore[assignment]
     SimulatePrincipalPolicy: _aio.UnaryUnaryMultiCallable[_kms_pb2.SimulatePrincipalPolicyRequest, _kms_pb2.SimulatePrincipalPolicyResponse]  # type: ignore[assignment]
+    BatchEncrypt: _aio.UnaryUnaryMultiCallable[_kms_pb2.BatchEncryptRequest, _kms_pb2.BatchEncryptResponse]  # type: ignore[assignment]
+    """Meridian extensions, not AWS KMS operations (docs/batch-operations.md): many
+    Encrypt/Decrypt/GenerateDataKey calls in one RPC, each item authorized, audited
+    and answered exactly as the single call would be. 1 to 100 items per call;
+    BatchEncrypt's plaintexts total at most 262,144 bytes. tests/contract lists them
+    in MERIDIAN_BATCH_RPCS and checks that their items are the single operations'
+    messages.
+    """
+    BatchDecrypt: _aio.UnaryUnaryMultiCallable[_kms_pb2.BatchDecryptRequest, _kms_pb2.BatchDecryptResponse]  # type: ignore[assignment]
+    BatchGenerateDataKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.BatchGenerateDataKeyRequest, _kms_pb2.BatchGenerateDataKeyResponse]  # type: ignore[assignment]
 
 class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -573,5 +593,33 @@ class KeyManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _kms_pb2.SimulatePrincipalPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kms_pb2.SimulatePrincipalPolicyResponse, _abc.Awaitable[_kms_pb2.SimulatePrincipalPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchEncrypt(
+        self,
+        request: _kms_pb2.BatchEncryptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.BatchEncryptResponse, _abc.Awaitable[_kms_pb2.BatchEncryptResponse]]:
+        """Meridian extensions, not AWS KMS operations (docs/batch-operations.md): many
+        Encrypt/Decrypt/GenerateDataKey calls in one RPC, each item authorized, audited
+        and answered exactly as the single call would be. 1 to 100 items per call;
+        BatchEncrypt's plaintexts total at most 262,144 bytes. tests/contract lists them
+        in MERIDIAN_BATCH_RPCS and checks that their items are the single operations'
+        messages.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchDecrypt(
+        self,
+        request: _kms_pb2.BatchDecryptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.BatchDecryptResponse, _abc.Awaitable[_kms_pb2.BatchDecryptResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchGenerateDataKey(
+        self,
+        request: _kms_pb2.BatchGenerateDataKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.BatchGenerateDataKeyResponse, _abc.Awaitable[_kms_pb2.BatchGenerateDataKeyResponse]]: ...
 
 def add_KeyManagementServiceServicer_to_server(servicer: KeyManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/meridian/proto/replication/v1/replication.proto\x12\x17meridian.replication.v1\"\x8c\x01\n\x0cNodeIdentity\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x1e\n\x16wrap_x25519_public_key\x18\x03 \x01(\x0c\x12\x1d\n\x15wrap_mlkem_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"W\n\x0cHelloRequest\x12\x37\n\x08identity\x18\x01 \x01(\x0b\x32%.meridian.replication.v1.NodeIdentity\x12\x0e\n\x06log_id\x18\x02 \x01(\x0c\"]\n\rHelloResponse\x12\x37\n\x08identity\x18\x01 \x01(\x0b\x32%.meridian.replication.v1.NodeIdentity\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\".\n\x0bPushRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xdc\x01\n\x05\x42\x61tch\x12\x15\n\rorigin_region\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x02 \x01(\t\x12\x0e\n\x06log_id\x18\x03 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x04 \x01(\x04\x12/\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x1e.meridian.replication.v1.Entry\x12\x33\n\x08snapshot\x18\x06 \x01(\x0b\x32!.meridian.replication.v1.Snapshot\x12\x13\n\x0bwrap_header\x18\x07 \x01(\x0c\"3\n\x08Snapshot\x12\x13\n\x0bthrough_seq\x18\x01 \x01(\x04\x12\x12\n\nlast_chunk\x18\x02 \x01(\x08\"\x84\x01\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x32\n\x06record\x18\x02 \x01(\x0b\x32\".meridian.replication.v1.KeyRecord\x12:\n\tmaterials\x18\x03 \x03(\x0b\x32\'.meridian.replication.v1.SealedMaterial\"I\n\x0eSealedMaterial\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x12\n\nitem_index\x18\x02 \x01(\r\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"q\n\tKeyRecord\x12\x15\n\rauthor_region\x18\x01 \x01(\t\x12\x18\n\x10\x61uthor_key_state\x18\x02 \x01(\t\x12\x33\n\x05state\x18\x03 \x01(\x0b\x32$.meridian.replication.v1.SharedState\"\xc1\x02\n\x0bSharedState\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x10\n\x08key_spec\x18\x02 \x01(\t\x12\x11\n\tkey_usage\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x04\x12\x33\n\x08settings\x18\x06 \x01(\x0b\x32!.meridian.replication.v1.Settings\x12\x36\n\x08versions\x18\x07 \x03(\x0b\x32$.meridian.replication.v1.VersionInfo\x12\x34\n\x07members\x18\x08 \x03(\x0b\x32#.meridian.replication.v1.Membership\x12\x33\n\x07holders\x18\t \x03(\x0b\x32\".meridian.replication.v1.HolderSet\"\xcc\x01\n\x08Settings\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0eprimary_region\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x15\n\rauthor_region\x18\x04 \x01(\t\x12\x1b\n\x13\x63urrent_material_id\x18\x05 \x01(\x0c\x12\x1b\n\x13pending_material_id\x18\x06 \x01(\x0c\x12\x18\n\x10rotation_enabled\x18\x07 \x01(\x08\x12\x1c\n\x14rotation_period_days\x18\x08 \x01(\r\"d\n\x0bVersionInfo\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x02 \x01(\x04\x12\x12\n\ncommitment\x18\x03 \x01(\x0c\x12\x15\n\rorigin_region\x18\x04 \x01(\t\"\x93\x01\n\nMembership\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x15\n\rauthor_region\x18\x04 \x01(\t\x12\x38\n\x07request\x18\x05 \x01(\x0b\x32\'.meridian.replication.v1.ReplicaRequest\"a\n\x0eReplicaRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12*\n\x04tags\x18\x03 \x03(\x0b\x32\x1c.meridian.replication.v1.Tag\")\n\x03Tag\x12\x0f\n\x07tag_key\x18\x01 \x01(\t\x12\x11\n\ttag_value\x18\x02 \x01(\t\"R\n\tHolderSet\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x30\n\x07holders\x18\x02 \x03(\x0b\x32\x1f.meridian.replication.v1.Holder\"-\n\x06Holder\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\"\xc5\x01\n\x0cPushResponse\x12>\n\x07outcome\x18\x01 \x01(\x0e\x32-.meridian.replication.v1.PushResponse.Outcome\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\x12\x17\n\x0frefused_records\x18\x03 \x01(\r\"G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x07\n\x03GAP\x10\x03\x32\xba\x01\n\x0bReplication\x12V\n\x05Hello\x12%.meridian.replication.v1.HelloRequest\x1a&.meridian.replication.v1.HelloResponse\x12S\n\x04Push\x12$.meridian.replication.v1.PushRequest\x1a%.meridian.replication.v1.PushResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/meridian/proto/replication/v1/replication.proto\x12\x17meridian.replication.v1\"\x8c\x01\n\x0cNodeIdentity\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x1e\n\x16wrap_x25519_public_key\x18\x03 \x01(\x0c\x12\x1d\n\x15wrap_mlkem_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"W\n\x0cHelloRequest\x12\x37\n\x08identity\x18\x01 \x01(\x0b\x32%.meridian.replication.v1.NodeIdentity\x12\x0e\n\x06log_id\x18\x02 \x01(\x0c\"]\n\rHelloResponse\x12\x37\n\x08identity\x18\x01 \x01(\x0b\x32%.meridian.replication.v1.NodeIdentity\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\".\n\x0bPushRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xdc\x01\n\x05\x42\x61tch\x12\x15\n\rorigin_region\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65stination_region\x18\x02 \x01(\t\x12\x0e\n\x06log_id\x18\x03 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x04 \x01(\x04\x12/\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x1e.meridian.replication.v1.Entry\x12\x33\n\x08snapshot\x18\x06 \x01(\x0b\x32!.meridian.replication.v1.Snapshot\x12\x13\n\x0bwrap_header\x18\x07 \x01(\x0c\"3\n\x08Snapshot\x12\x13\n\x0bthrough_seq\x18\x01 \x01(\x04\x12\x12\n\nlast_chunk\x18\x02 \x01(\x08\"\x84\x01\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x32\n\x06record\x18\x02 \x01(\x0b\x32\".meridian.replication.v1.KeyRecord\x12:\n\tmaterials\x18\x03 \x03(\x0b\x32\'.meridian.replication.v1.SealedMaterial\"I\n\x0eSealedMaterial\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x12\n\nitem_index\x18\x02 \x01(\r\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"q\n\tKeyRecord\x12\x15\n\rauthor_region\x18\x01 \x01(\t\x12\x18\n\x10\x61uthor_key_state\x18\x02 \x01(\t\x12\x33\n\x05state\x18\x03 \x01(\x0b\x32$.meridian.replication.v1.SharedState\"\xfb\x02\n\x0bSharedState\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x10\n\x08key_spec\x18\x02 \x01(\t\x12\x11\n\tkey_usage\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12\x15\n\rcreated_at_us\x18\x05 \x01(\x04\x12\x33\n\x08settings\x18\x06 \x01(\x0b\x32!.meridian.replication.v1.Settings\x12\x36\n\x08versions\x18\x07 \x03(\x0b\x32$.meridian.replication.v1.VersionInfo\x12\x34\n\x07members\x18\x08 \x03(\x0b\x32#.meridian.replication.v1.Membership\x12\x33\n\x07holders\x18\t \x03(\x0b\x32\".meridian.replication.v1.HolderSet\x12\x38\n\trotations\x18\n \x03(\x0b\x32%.meridian.replication.v1.RotationMark\"\x80\x02\n\x08Settings\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0eprimary_region\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12\x15\n\rauthor_region\x18\x04 \x01(\t\x12\x1b\n\x13\x63urrent_material_id\x18\x05 \x01(\x0c\x12\x1b\n\x13pending_material_id\x18\x06 \x01(\x0c\x12\x18\n\x10rotation_enabled\x18\x07 \x01(\x08\x12\x1c\n\x14rotation_period_days\x18\x08 \x01(\r\x12\x1d\n\x10next_rotation_us\x18\t \x01(\x04H\x00\x88\x01\x01\x42\x13\n\x11_next_rotation_us\"{\n\x0bVersionInfo\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x15\n\rcreated_at_us\x18\x02 \x01(\x04\x12\x12\n\ncommitment\x18\x03 \x01(\x0c\x12\x15\n\rorigin_region\x18\x04 \x01(\t\x12\x15\n\rrotation_type\x18\x05 \x01(\t\"J\n\x0cRotationMark\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x15\n\rrotated_at_us\x18\x02 \x01(\x04\x12\x0e\n\x06serial\x18\x03 \x01(\x04\"\x93\x01\n\nMembership\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x15\n\rauthor_region\x18\x04 \x01(\t\x12\x38\n\x07request\x18\x05 \x01(\x0b\x32\'.meridian.replication.v1.ReplicaRequest\"a\n\x0eReplicaRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12*\n\x04tags\x18\x03 \x03(\x0b\x32\x1c.meridian.replication.v1.Tag\")\n\x03Tag\x12\x0f\n\x07tag_key\x18\x01 \x01(\t\x12\x11\n\ttag_value\x18\x02 \x01(\t\"R\n\tHolderSet\x12\x13\n\x0bmaterial_id\x18\x01 \x01(\x0c\x12\x30\n\x07holders\x18\x02 \x03(\x0b\x32\x1f.meridian.replication.v1.Holder\"-\n\x06Holder\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\"\xc5\x01\n\x0cPushResponse\x12>\n\x07outcome\x18\x01 \x01(\x0e\x32-.meridian.replication.v1.PushResponse.Outcome\x12\x13\n\x0b\x61pplied_seq\x18\x02 \x01(\x04\x12\x17\n\x0frefused_records\x18\x03 \x01(\r\"G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x07\n\x03GAP\x10\x03\x32\xba\x01\n\x0bReplication\x12V\n\x05Hello\x12%.meridian.replication.v1.HelloRequest\x1a&.meridian.replication.v1.HelloResponse\x12S\n\x04Push\x12$.meridian.replication.v1.PushRequest\x1a%.meridian.replication.v1.PushResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,25 +50,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYRECORD']._serialized_start=937
   _globals['_KEYRECORD']._serialized_end=1050
   _globals['_SHAREDSTATE']._serialized_start=1053
-  _globals['_SHAREDSTATE']._serialized_end=1374
-  _globals['_SETTINGS']._serialized_start=1377
-  _globals['_SETTINGS']._serialized_end=1581
-  _globals['_VERSIONINFO']._serialized_start=1583
-  _globals['_VERSIONINFO']._serialized_end=1683
-  _globals['_MEMBERSHIP']._serialized_start=1686
-  _globals['_MEMBERSHIP']._serialized_end=1833
-  _globals['_REPLICAREQUEST']._serialized_start=1835
-  _globals['_REPLICAREQUEST']._serialized_end=1932
-  _globals['_TAG']._serialized_start=1934
-  _globals['_TAG']._serialized_end=1975
-  _globals['_HOLDERSET']._serialized_start=1977
-  _globals['_HOLDERSET']._serialized_end=2059
-  _globals['_HOLDER']._serialized_start=2061
-  _globals['_HOLDER']._serialized_end=2106
-  _globals['_PUSHRESPONSE']._serialized_start=2109
-  _globals['_PUSHRESPONSE']._serialized_end=2306
-  _globals['_PUSHRESPONSE_OUTCOME']._serialized_start=2235
-  _globals['_PUSHRESPONSE_OUTCOME']._serialized_end=2306
-  _globals['_REPLICATION']._serialized_start=2309
-  _globals['_REPLICATION']._serialized_end=2495
+  _globals['_SHAREDSTATE']._serialized_end=1432
+  _globals['_SETTINGS']._serialized_start=1435
+  _globals['_SETTINGS']._serialized_end=1691
+  _globals['_VERSIONINFO']._serialized_start=1693
+  _globals['_VERSIONINFO']._serialized_end=1816
+  _globals['_ROTATIONMARK']._serialized_start=1818
+  _globals['_ROTATIONMARK']._serialized_end=1892
+  _globals['_MEMBERSHIP']._serialized_start=1895
+  _globals['_MEMBERSHIP']._serialized_end=2042
+  _globals['_REPLICAREQUEST']._serialized_start=2044
+  _globals['_REPLICAREQUEST']._serialized_end=2141
+  _globals['_TAG']._serialized_start=2143
+  _globals['_TAG']._serialized_end=2184
+  _globals['_HOLDERSET']._serialized_start=2186
+  _globals['_HOLDERSET']._serialized_end=2268
+  _globals['_HOLDER']._serialized_start=2270
+  _globals['_HOLDER']._serialized_end=2315
+  _globals['_PUSHRESPONSE']._serialized_start=2318
+  _globals['_PUSHRESPONSE']._serialized_end=2515
+  _globals['_PUSHRESPONSE_OUTCOME']._serialized_start=2444
+  _globals['_PUSHRESPONSE_OUTCOME']._serialized_end=2515
+  _globals['_REPLICATION']._serialized_start=2518
+  _globals['_REPLICATION']._serialized_end=2704
 # @@protoc_insertion_point(module_scope)

@@ -307,6 +307,7 @@ class SharedState(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     HOLDERS_FIELD_NUMBER: _builtins.int
+    ROTATIONS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     key_spec: _builtins.str
     key_usage: _builtins.str
@@ -320,6 +321,10 @@ class SharedState(_message.Message):
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Membership]: ...
     @_builtins.property
     def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderSet]: ...
+    @_builtins.property
+    def rotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RotationMark]:
+        """Versions that became current by rotating (ListKeyRotations in every region)."""
+
     def __init__(
         self,
         *,
@@ -332,10 +337,11 @@ class SharedState(_message.Message):
         versions: _abc.Iterable[Global___VersionInfo] | None = ...,
         members: _abc.Iterable[Global___Membership] | None = ...,
         holders: _abc.Iterable[Global___HolderSet] | None = ...,
+        rotations: _abc.Iterable[Global___RotationMark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_us", b"created_at_us", "holders", b"holders", "key_id", b"key_id", "key_spec", b"key_spec", "key_usage", b"key_usage", "members", b"members", "origin", b"origin", "settings", b"settings", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_us", b"created_at_us", "holders", b"holders", "key_id", b"key_id", "key_spec", b"key_spec", "key_usage", b"key_usage", "members", b"members", "origin", b"origin", "rotations", b"rotations", "settings", b"settings", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +359,7 @@ class Settings(_message.Message):
     PENDING_MATERIAL_ID_FIELD_NUMBER: _builtins.int
     ROTATION_ENABLED_FIELD_NUMBER: _builtins.int
     ROTATION_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
+    NEXT_ROTATION_US_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     primary_region: _builtins.str
     revision: _builtins.int
@@ -363,6 +370,8 @@ class Settings(_message.Message):
     rotation_enabled: _builtins.bool
     rotation_period_days: _builtins.int
     """0: none"""
+    next_rotation_us: _builtins.int
+    """the next automatic rotation; unset: none"""
     def __init__(
         self,
         *,
@@ -374,12 +383,15 @@ class Settings(_message.Message):
         pending_material_id: _builtins.bytes = ...,
         rotation_enabled: _builtins.bool = ...,
         rotation_period_days: _builtins.int = ...,
+        next_rotation_us: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_next_rotation_us", b"_next_rotation_us", "next_rotation_us", b"next_rotation_us"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_region", b"author_region", "current_material_id", b"current_material_id", "epoch", b"epoch", "pending_material_id", b"pending_material_id", "primary_region", b"primary_region", "revision", b"revision", "rotation_enabled", b"rotation_enabled", "rotation_period_days", b"rotation_period_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_next_rotation_us", b"_next_rotation_us", "author_region", b"author_region", "current_material_id", b"current_material_id", "epoch", b"epoch", "next_rotation_us", b"next_rotation_us", "pending_material_id", b"pending_material_id", "primary_region", b"primary_region", "revision", b"revision", "rotation_enabled", b"rotation_enabled", "rotation_period_days", b"rotation_period_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__next_rotation_us: _TypeAlias = _typing.Literal["next_rotation_us"]  # noqa: Y015
+    _WhichOneofArgType__next_rotation_us: _TypeAlias = _typing.Literal["_next_rotation_us", b"_next_rotation_us"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_rotation_us) -> _WhichOneofReturnType__next_rotation_us | None: ...
 
 Global___Settings: _TypeAlias = Settings  # noqa: Y015
 
@@ -391,10 +403,13 @@ class VersionInfo(_message.Message):
     CREATED_AT_US_FIELD_NUMBER: _builtins.int
     COMMITMENT_FIELD_NUMBER: _builtins.int
     ORIGIN_REGION_FIELD_NUMBER: _builtins.int
+    ROTATION_TYPE_FIELD_NUMBER: _builtins.int
     material_id: _builtins.bytes
     created_at_us: _builtins.int
     commitment: _builtins.bytes
     origin_region: _builtins.str
+    rotation_type: _builtins.str
+    """AUTOMATIC or ON_DEMAND; empty: the key's first version"""
     def __init__(
         self,
         *,
@@ -402,14 +417,42 @@ class VersionInfo(_message.Message):
         created_at_us: _builtins.int = ...,
         commitment: _builtins.bytes = ...,
         origin_region: _builtins.str = ...,
+        rotation_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "created_at_us", b"created_at_us", "material_id", b"material_id", "origin_region", b"origin_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "created_at_us", b"created_at_us", "material_id", b"material_id", "origin_region", b"origin_region", "rotation_type", b"rotation_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionInfo: _TypeAlias = VersionInfo  # noqa: Y015
+
+@_typing.final
+class RotationMark(_message.Message):
+    """A version became the current one by rotating: when, and its place among the rotations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_ID_FIELD_NUMBER: _builtins.int
+    ROTATED_AT_US_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    material_id: _builtins.bytes
+    rotated_at_us: _builtins.int
+    serial: _builtins.int
+    def __init__(
+        self,
+        *,
+        material_id: _builtins.bytes = ...,
+        rotated_at_us: _builtins.int = ...,
+        serial: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_id", b"material_id", "rotated_at_us", b"rotated_at_us", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotationMark: _TypeAlias = RotationMark  # noqa: Y015
 
 @_typing.final
 class Membership(_message.Message):
