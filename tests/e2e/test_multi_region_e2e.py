@@ -234,3 +234,59 @@ def _primary_in(handle: ClusterHandle, region: str, key_id: str) -> str | None:
     with client(handle, region) as kms:
         configuration = kms.describe_key(key_id=key_id).key_metadata.multi_region_configuration
     return None if configuration is None else configuration.primary_key.region  # type: ignore[union-attr]
+
+
+def _rotations(handle: ClusterHandle, region: str, key_id: str) -> list[tuple[str, str]]:
+    listed = meridian(
+        "kms", "list-key-rotations", "--key-id", key_id, "--region", region, handle=handle
+    )
+    assert listed.returncode == 0, listed.stderr
+    return [
+        (entry["KeyMaterialId"], entry["RotationType"])
+        for entry in json.loads(listed.stdout)["Rotations"]
+    ]
+
+
+def test_rotating_a_multi_region_key_from_the_cli(three_regions: ClusterHandle) -> None:
+    """Issue 8: on-demand rotation of an MRK goes through the two-phase path, end to end."""
+    handle = three_regions
+    with client(handle) as kms:
+        key = kms.create_key(multi_region=True, description="rotated").key_metadata
+        for region in (EU, AP):
+            kms.replicate_key(key_id=key.arn, replica_region=region)
+    for region in (EU, AP):
+        wait_for(lambda region=region: state_in(handle, region, key.key_id) == "Enabled", region)
+    with client(handle, EU) as kms:
+        before = kms.encrypt(key_id=key.key_id, plaintext=b"before").ciphertext_blob
+        old_material = kms.decrypt(ciphertext_blob=before).key_material_id
+
+    # At a replica the AWS answer is UnsupportedOperationException; nothing changes.
+    refused = meridian(
+        "kms", "rotate-key-on-demand", "--key-id", key.key_id, "--region", EU, handle=handle
+    )
+    assert refused.returncode != 0 and "UnsupportedOperationException" in refused.stderr
+
+    rotated = meridian(
+        "kms", "rotate-key-on-demand", "--key-id", key.arn, "--region", US, handle=handle
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    # The rotation completes once every replica holds the new material; then every region
+    # lists the same rotation and encrypts under the new material.
+    wait_for(lambda: len(_rotations(handle, US, key.key_id)) == 1, "the rotation to complete")
+    listed = _rotations(handle, US, key.key_id)
+    assert listed[0][1] == "ON_DEMAND" and listed[0][0] != old_material
+    for region in (EU, AP):
+        wait_for(
+            lambda region=region: _rotations(handle, region, key.key_id) == listed,
+            f"{region} to list the rotation",
+        )
+    for source in (US, EU, AP):
+        with client(handle, source) as kms:
+            sealed = kms.encrypt(key_id=key.key_id, plaintext=source.encode()).ciphertext_blob
+        for target in (US, EU, AP):
+            with client(handle, target) as kms:
+                opened = kms.decrypt(ciphertext_blob=sealed)
+                assert opened.plaintext == source.encode()
+                assert opened.key_material_id == listed[0][0]
+                old = kms.decrypt(ciphertext_blob=before)
+                assert old.plaintext == b"before" and old.key_material_id == old_material
