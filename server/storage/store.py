@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -122,21 +122,27 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[SqliteWriter]:
-        await self._writer_connection.execute("BEGIN IMMEDIATE")
+        # BEGIN, COMMIT and ROLLBACK are awaited to their end even when the caller is
+        # cancelled (a client's deadline cancels its handler): the statement runs on in
+        # aiosqlite's thread regardless, and a transaction nobody ends keeps the
+        # connection inside it, so every later write would fail (STYLE.md 12).
+        connection = self._writer_connection
         try:
+            await _settle(connection.execute("BEGIN IMMEDIATE"))
             yield self._writer
             # A retried call's idempotency token commits with the change it guards.
-            token = await reserve_pending_token(self._writer_connection)
+            token = await reserve_pending_token(connection)
         except BaseException:
-            await self._writer_connection.execute("ROLLBACK")
+            await _end_transaction(connection)
             raise
         try:
-            await self._writer_connection.execute("COMMIT")
+            await _settle(connection.execute("COMMIT"))
         except BaseException:
             # A failed COMMIT (I/O error, disk full) must not leave the transaction
-            # open for the next writer; SQLite may already have rolled it back.
+            # open for the next writer; SQLite may already have rolled it back. A
+            # cancelled wait for a COMMIT that succeeded leaves nothing to roll back.
             with contextlib.suppress(Exception):
-                await self._writer_connection.execute("ROLLBACK")
+                await _end_transaction(connection)
             raise
         finally:
             # Only now: until the commit, readers must keep seeing the old rows.
@@ -163,6 +169,29 @@ class SqliteStore:
             self._commits.close()
         if self._turns is not None:
             self._turns.close()
+
+
+async def _settle(statement: Awaitable[object]) -> None:
+    """Await ``statement`` to its end; a cancellation meanwhile is re-raised after it."""
+    running = asyncio.ensure_future(statement)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if running.done():
+                raise
+            cancelled = True  # keep waiting: the statement is still running
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _end_transaction(connection: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open (a BEGIN that failed opened none)."""
+    if connection.in_transaction:
+        await _settle(connection.execute("ROLLBACK"))
 
 
 def _release_if_taken(turns: WriteTurns) -> Callable[[asyncio.Future[None]], None]:
