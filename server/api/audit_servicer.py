@@ -29,6 +29,9 @@ from meridian.server.domain.errors import (
     ValidationException,
 )
 
+# Well under the node's 1 MiB message limit (server/node.py MESSAGE_BYTES_MAX).
+PAGE_BYTES_MAX = 512 * 1024
+
 
 def _timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
@@ -132,10 +135,22 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
                 end=_time(request, "end_time"),
             )
         )
+        # A page ends early once it is PAGE_BYTES_MAX big: records can be large (a
+        # PutKeyPolicy record carries its 32 KiB policy), and 1,000 of them would pass
+        # gRPC's message limit; the reader just asks for the next page.
+        records: list[pb.AuditRecord] = []
+        size = 0
+        for record in page.records:
+            message = record_message(record)
+            size += message.ByteSize()
+            if records and size > PAGE_BYTES_MAX:
+                break
+            records.append(message)
+        cut = len(records) < len(page.records)
         return pb.ListAuditRecordsResponse(
-            records=[record_message(record) for record in page.records],
-            next_after_seq=page.next_after_seq,
-            truncated=page.truncated,
+            records=records,
+            next_after_seq=records[-1].seq if records else page.next_after_seq,
+            truncated=page.truncated or cut,
             region=self._region,
         )
 
@@ -147,10 +162,20 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
             after_number=request.after_number,
             limit=request.limit if request.HasField("limit") else None,
         )
+        # Each digest carries an ML-DSA-65 signature (3.3 KB): 1,000 would pass the
+        # message limit too, so pages end at PAGE_BYTES_MAX here as well.
+        messages: list[pb.AuditDigest] = []
+        size = 0
+        for digest in digests:
+            message = digest_message(digest)
+            size += message.ByteSize()
+            if messages and size > PAGE_BYTES_MAX:
+                break
+            messages.append(message)
         return pb.ListAuditDigestsResponse(
-            digests=[digest_message(digest) for digest in digests],
+            digests=messages,
             public_keys=key_messages(keys),
-            truncated=truncated,
+            truncated=truncated or len(messages) < len(digests),
             region=self._region,
         )
 

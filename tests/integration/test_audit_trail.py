@@ -236,3 +236,24 @@ async def test_audit_service_calls_are_audited_too(running_node: RunningNode) ->
     ]
     assert len(found) == 1
     assert found[0]["eventName"] == "GetAuditTrailInfo"
+
+
+async def test_a_trail_larger_than_a_message_is_read_and_verified_in_pages(
+    running_node: RunningNode,
+) -> None:
+    """Records carry their request's parameters (an 8 KiB description here): a page of
+    1,000 would pass the node's 1 MiB message limit, so pages end early by size."""
+    stub = running_node.stub
+    description = "d" * 8192
+    for _ in range(160):  # > 1.3 MB of records
+        await stub.CreateKey(pb.CreateKeyRequest(description=description))
+    first = await audit_stub(running_node.channel).ListAuditRecords(
+        apb.ListAuditRecordsRequest(after_seq=0)
+    )
+    assert first.truncated and 0 < len(first.records) < 160
+    records = await all_records(running_node.channel)
+    assert sum(description in record.body for record in records) == 160
+    seqs = [record.seq for record in records]
+    assert seqs == sorted(set(seqs)), "no record skipped or repeated across pages"
+    report = await verify_over_grpc(running_node.channel)
+    assert report.ok, report
