@@ -11,6 +11,8 @@ Strings are capped, so a request cannot bloat the trail.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -148,10 +150,15 @@ def _cap(text: str) -> str:
     return text if len(text) <= STRING_CHARS_MAX else text[:STRING_CHARS_MAX] + "…[truncated]"
 
 
+# Field and fact names come from a fixed set (the protos, the hooks), and every record
+# asks about the same few again: remembering the answers saves a regex search and a
+# split per field per record. Bounded all the same, as a name could come from a request.
+@functools.lru_cache(maxsize=4096)
 def _is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(name) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
@@ -173,9 +180,9 @@ def json_safe(value: Any, *, depth: int = 0) -> Any:
         return value
     if kind is dict:
         return {
-            str(key): json_safe(item, depth=depth + 1)
-            for key, item in list(value.items())[:LIST_ITEMS_MAX]
-            if not _is_secret_name(str(key))
+            name: json_safe(item, depth=depth + 1)
+            for key, item in itertools.islice(value.items(), LIST_ITEMS_MAX)
+            if not _is_secret_name(name := str(key))
         }
     if kind is list or kind is tuple:
         return [json_safe(item, depth=depth + 1) for item in value[:LIST_ITEMS_MAX]]

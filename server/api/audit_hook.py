@@ -20,13 +20,13 @@ ciphertext's public header).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
+from google.protobuf.message import Message
 
 from meridian.server.api.audit_documents import (
     READ_ONLY_OPERATIONS,
@@ -62,6 +62,10 @@ class ApiAuditTrail(Protocol):
     async def open_intent(self, request_id: str, event: AuditEvent) -> None: ...
 
     async def record(self, event: AuditEvent, *, intent_request_id: str | None = None) -> int: ...
+
+    async def record_many(
+        self, events: Sequence[tuple[AuditEvent, str | None]]
+    ) -> list[int | AuditUnavailable]: ...
 
 
 class AuditHook:
@@ -101,49 +105,64 @@ class AuditHook:
         self, outcomes: Sequence[tuple[CallInfo, Any | None, KmsError | None]]
     ) -> list[KmsError | None]:
         """``after`` for the items of a batch: every record is built first, then all are
-        submitted at once and awaited together, so the writer commits them in one group
-        (a record submitted while the next is still being built would commit alone)."""
+        handed to the trail as one unit and awaited together, so the writer commits them
+        in one group (a record submitted while the next is still being built would
+        commit alone), with one lock, one timer and no task per record."""
         built: list[AuditEvent | BaseException] = []
         for call, response, error in outcomes:
             try:
                 built.append(await self._event(call, response, error))
             except Exception as failure:  # as CallPipeline does for a hook that crashes
                 built.append(failure)
-
-        async def record(
-            call: CallInfo, event: AuditEvent | BaseException, error: KmsError | None
-        ) -> None:
-            if isinstance(event, BaseException):
-                raise event
-            await self._record(call, event, error)
-
-        failures = await asyncio.gather(
-            *(
-                record(call, event, error)
-                for (call, _, error), event in zip(outcomes, built, strict=True)
-            ),
-            return_exceptions=True,
-        )
+        chained = [
+            (index, event)
+            for index, event in enumerate(built)
+            if not isinstance(event, BaseException)
+        ]
+        failures: list[BaseException | None] = [
+            event if isinstance(event, BaseException) else None for event in built
+        ]
+        try:
+            results: list[int | AuditUnavailable] = await self._trail.record_many(
+                [(event, _intent_of(outcomes[index][0])) for index, event in chained]
+            )
+        except Exception as failure:  # a crash, not a refusal: each item's own failure
+            results = []
+            for index, _ in chained:
+                failures[index] = failure
+            chained = []
+        for (index, _), result in zip(chained, results, strict=True):
+            call, _, error = outcomes[index]
+            if isinstance(result, AuditUnavailable):
+                failures[index] = self._not_recorded(call, result, error)
+            else:
+                call.facts[FACT_SEQ] = result
         return [
             _as_hook_error(call, failure)
             for (call, _, _), failure in zip(outcomes, failures, strict=True)
         ]
 
     async def _record(self, call: CallInfo, event: AuditEvent, error: KmsError | None) -> None:
-        intent = call.request_id if call.facts.get(FACT_INTENT) else None
+        intent = _intent_of(call)
         try:
             call.facts[FACT_SEQ] = await self._trail.record(event, intent_request_id=intent)
         except AuditUnavailable as failure:
-            log.error(
-                "audit record not written; call failed",
-                request_id=call.request_id,
-                operation=call.operation,
-                error=str(failure),
-            )
-            if intent is not None and error is None:
-                # The change was made; only its record is missing (the intent stands in).
-                raise KMSInternalException() from None
-            raise _unavailable() from None
+            raise self._not_recorded(call, failure, error) from None
+
+    def _not_recorded(
+        self, call: CallInfo, failure: AuditUnavailable, error: KmsError | None
+    ) -> KmsError:
+        """What the caller is told when the call's record could not be written."""
+        log.error(
+            "audit record not written; call failed",
+            request_id=call.request_id,
+            operation=call.operation,
+            error=str(failure),
+        )
+        if _intent_of(call) is not None and error is None:
+            # The change was made; only its record is missing (the intent stands in).
+            return KMSInternalException()
+        return _unavailable()
 
     async def _event(
         self, call: CallInfo, response: Any | None, error: KmsError | None, *, pending: bool = False
@@ -208,7 +227,7 @@ class AuditHook:
             if arn:
                 arns.append(arn)
         if not arns and resolve:
-            blob = getattr(request, "ciphertext_blob", b"")
+            blob = _field(request, "ciphertext_blob", b"")
             key_id = _blob_key_id(blob) if isinstance(blob, bytes) else ""
             if key_id:
                 arns.append(identifiers.key_arn(self._region, self._account_id, key_id))
@@ -241,6 +260,11 @@ class AuditHook:
         return identifiers.key_arn(self._region, self._account_id, key_id) if key_id else ""
 
 
+def _intent_of(call: CallInfo) -> str | None:
+    """The request id of the call's intent, if one was written before it ran."""
+    return call.request_id if call.facts.get(FACT_INTENT) else None
+
+
 def _as_hook_error(call: CallInfo, outcome: BaseException | None) -> KmsError | None:
     if outcome is None or isinstance(outcome, KmsError):
         return outcome
@@ -257,14 +281,23 @@ def _unavailable() -> DependencyTimeoutException:
 
 
 def _string_field(message: Any, name: str) -> str:
-    value = getattr(message, name, "")
+    value = _field(message, name, "")
     return value if isinstance(value, str) else ""
+
+
+def _field(message: Any, name: str, default: Any) -> Any:
+    """``getattr(message, name, default)``, without asking a protobuf message for a
+    field its type does not have: the AttributeError that getattr would build and
+    swallow cost more than the rest of finding a call's key (several per record)."""
+    if isinstance(message, Message) and name not in message.DESCRIPTOR.fields_by_name:
+        return default
+    return getattr(message, name, default)
 
 
 def _response_key_arns(operation: str, response: Any | None) -> list[str]:
     if response is None:
         return []
-    metadata: Any = getattr(response, "key_metadata", None)
+    metadata: Any = _field(response, "key_metadata", None)
     arn = getattr(metadata, "arn", None) if metadata is not None else None
     if isinstance(arn, str) and arn:
         return [arn]
@@ -287,7 +320,7 @@ def _material_ids(facts: dict[str, Any], response: Any | None) -> tuple[str, ...
         if (value := _string_field(response, name))
     ]
     if not found:
-        blob = getattr(response, "ciphertext_blob", b"")
+        blob = _field(response, "ciphertext_blob", b"")
         if isinstance(blob, bytes) and blob:
             try:
                 found = [blob_recipe.parse_header(blob).key_material_id.hex()]

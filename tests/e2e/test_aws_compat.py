@@ -288,9 +288,16 @@ def three_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterH
 def wait_enabled(kms: Any, key_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + REPLICA_WAIT_S
     while True:
-        metadata: dict[str, Any] = kms.describe_key(KeyId=key_id)["KeyMetadata"]
-        if metadata["KeyState"] == "Enabled" or time.monotonic() > deadline:
-            return metadata
+        try:
+            metadata: dict[str, Any] = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+        except kms.exceptions.NotFoundException:
+            # ReplicateKey waits only a bounded time for the new region's acknowledgement;
+            # on a loaded machine the replica may not exist there yet.
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if metadata["KeyState"] == "Enabled" or time.monotonic() > deadline:
+                return metadata
         time.sleep(0.2)
 
 

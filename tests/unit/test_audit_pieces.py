@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from meridian.server.api.audit_documents import (
     json_safe,
     message_document,
 )
-from meridian.server.api.audit_hook import AuditHook
+from meridian.server.api.audit_hook import FACT_SEQ, AuditHook
 from meridian.server.api.interceptor import CallInfo
 from meridian.server.audit.events import (
     AuditEvent,
@@ -182,6 +183,14 @@ class FailingTrail:
             raise AuditUnavailable("disk full")
         return 1
 
+    async def record_many(
+        self, events: Sequence[tuple[AuditEvent, str | None]]
+    ) -> list[int | AuditUnavailable]:
+        return [
+            AuditUnavailable("disk full") if self.record_fails else seq
+            for seq, _ in enumerate(events, start=1)
+        ]
+
 
 def _call(operation: str, request: Any) -> CallInfo:
     caller = Caller(principal_arn="arn:meridian:iam::1:user/a", source_address="", request_id="r")
@@ -235,6 +244,25 @@ async def test_a_lost_record_with_nothing_changed_is_retryable(
     await hook.before(call)
     with pytest.raises(DependencyTimeoutException):
         await hook.after(call, None, error)
+
+
+async def test_batch_items_whose_records_are_lost_fail_as_single_calls_would() -> None:
+    hook = _hook(FailingTrail(intent_fails=False, record_fails=True))
+    read = _call("Encrypt", pb.EncryptRequest(key_id=ARN, plaintext=b"x"))
+    change = _call("CreateKey", pb.CreateKeyRequest())
+    await hook.before(change)
+    failures = await hook.after_items([(read, None, None), (change, pb.CreateKeyResponse(), None)])
+    assert [type(failure) for failure in failures] == [
+        DependencyTimeoutException,
+        KMSInternalException,
+    ]
+
+
+async def test_batch_items_get_their_own_seq() -> None:
+    hook = _hook(FailingTrail(intent_fails=False, record_fails=False))
+    calls = [_call("Encrypt", pb.EncryptRequest(key_id=ARN, plaintext=b"x")) for _ in range(3)]
+    assert await hook.after_items([(call, None, None) for call in calls]) == [None] * 3
+    assert [call.facts[FACT_SEQ] for call in calls] == [1, 2, 3]
 
 
 # ---- settings, signing, pricing, time arguments ------------------------------------------
