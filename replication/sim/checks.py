@@ -9,6 +9,8 @@
 4. Liveness after healing: no key left Creating or Updating, no unfinished hand-over, no
    pending version that every live member already holds, every region encrypts with the
    shared current version.
+5. Rotation records (ListKeyRotations): the current version, if a rotation made it, is
+   listed as rotated, and no two rotations share a place in the list.
 
 Epochs never going backwards, holder claims being true, and the current version always
 being held are checked at every step by the world itself.
@@ -59,6 +61,13 @@ def final_violations(world: World) -> list[str]:
             if region not in live:
                 problems.append(f"{key_id[:12]}: live member {region} has no key")
         pending = state.settings.pending_material_id
+        current = state.settings.current_material_id
+        made_by = state.versions[current].rotation_type if current in state.versions else None
+        if made_by is not None and current not in state.rotations:
+            problems.append(f"{key_id[:12]}: the current version's rotation is not listed")
+        orders = [mark.order for mark in state.rotations.values()]
+        if len(set(orders)) != len(orders):
+            problems.append(f"{key_id[:12]}: two rotations share a place in the list")
         if pending is not None and not state.missing_holders(pending):
             problems.append(f"{key_id[:12]}: pending version held everywhere, not promoted")
         for ciphertext in world.ciphertexts:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meridian.replication.sim.node import KeyRow, SimNode
 from meridian.server.domain import identifiers
 from meridian.server.domain.crypto.peer_wrap import material_commitment
 from meridian.server.domain.errors import KMSInvalidStateException, NotFoundException
+from meridian.server.domain.key_material import RotationType
 from meridian.server.domain.model import (
     CRYPTO_USABLE_STATES,
     KeySpec,
@@ -136,6 +137,9 @@ class Operations:
         if row.state not in (KeyState.ENABLED, KeyState.DISABLED):
             raise KMSInvalidStateException("not rotatable in this state")
         version, material = self._new_version(node, key_id)
+        # As KeyRotation does: the version says a rotation made it, so the run exercises
+        # the rotation records (what ListKeyRotations lists) and checks.py can hold them.
+        version = replace(version, rotation_type=RotationType.ON_DEMAND)
         new_state = stage_version(state, region=node.region, version=version)
         row.materials[version.material_id] = material
         if new_state.settings.current_material_id == version.material_id:
