@@ -103,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"meridian bench: {error}")
         return 2
+    if args.profile is not None and args.profile.exists() and not args.profile.is_dir():
+        # Found before minutes of benchmarking, not by a traceback at the first profile.
+        print(f"meridian bench: --profile {args.profile} exists and is not a folder")
+        return 2
     options = BenchOptions(
         operations=[workload(name).name for name in operations],
         duration_s=args.duration,

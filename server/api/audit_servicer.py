@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,8 +30,20 @@ from meridian.server.domain.errors import (
     ValidationException,
 )
 
+_Message = TypeVar("_Message", pb.AuditRecord, pb.AuditDigest)
+
 # Well under the node's 1 MiB message limit (server/node.py MESSAGE_BYTES_MAX).
 PAGE_BYTES_MAX = 512 * 1024
+
+
+def _within_page_bytes(messages: list[_Message]) -> list[_Message]:
+    """The leading messages that fit in PAGE_BYTES_MAX (always at least one)."""
+    size = 0
+    for index, message in enumerate(messages):
+        size += message.ByteSize()
+        if index and size > PAGE_BYTES_MAX:
+            return messages[:index]
+    return messages
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -138,14 +151,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         # A page ends early once it is PAGE_BYTES_MAX big: records can be large (a
         # PutKeyPolicy record carries its 32 KiB policy), and 1,000 of them would pass
         # gRPC's message limit; the reader just asks for the next page.
-        records: list[pb.AuditRecord] = []
-        size = 0
-        for record in page.records:
-            message = record_message(record)
-            size += message.ByteSize()
-            if records and size > PAGE_BYTES_MAX:
-                break
-            records.append(message)
+        records = _within_page_bytes([record_message(record) for record in page.records])
         cut = len(records) < len(page.records)
         return pb.ListAuditRecordsResponse(
             records=records,
@@ -164,14 +170,7 @@ class AuditServicer(audit_pb2_grpc.AuditServicer):
         )
         # Each digest carries an ML-DSA-65 signature (3.3 KB): 1,000 would pass the
         # message limit too, so pages end at PAGE_BYTES_MAX here as well.
-        messages: list[pb.AuditDigest] = []
-        size = 0
-        for digest in digests:
-            message = digest_message(digest)
-            size += message.ByteSize()
-            if messages and size > PAGE_BYTES_MAX:
-                break
-            messages.append(message)
+        messages = _within_page_bytes([digest_message(digest) for digest in digests])
         return pb.ListAuditDigestsResponse(
             digests=messages,
             public_keys=key_messages(keys),

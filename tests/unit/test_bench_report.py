@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pathlib
 
 import pytest
 from rich.console import Console
@@ -119,3 +120,14 @@ def test_columns_of_parts_that_did_not_run_are_left_out() -> None:
     assert "audit on ops/s" in text
     assert "audit off ops/s" not in text
     assert "moto" not in text
+
+
+def test_a_profile_path_that_is_a_file_is_refused_before_the_run(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meridian.cli.main import main
+
+    not_a_folder = tmp_path / "profile"
+    not_a_folder.write_text("")
+    assert main(["bench", "--profile", str(not_a_folder), "--ops", "Encrypt"]) == 2
+    assert "is not a folder" in capsys.readouterr().out
