@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 from meridian.cli import rewrap_cmd, seed_cmd
+from meridian.server import event_loop
 from meridian.server.config import ConfigError, load_config
 
 
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_workers(config)
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config), config.event_loop)
     except NodeStartError as error:
         print(f"meridian node: {error}", file=sys.stderr)
         return 1

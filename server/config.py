@@ -19,6 +19,8 @@ from meridian.server.audit.settings import (
     parse_metrics_settings,
 )
 from meridian.server.domain.identifiers import is_valid_account, is_valid_region
+from meridian.server.event_loop import EVENT_LOOPS
+from meridian.server.event_loop import resolve as resolve_event_loop
 from meridian.server.gateway.settings import (
     AwsGatewayConfig,
     GatewayConfigError,
@@ -93,6 +95,9 @@ class NodeConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Worker processes serving `listen` together (server/workers.py); 1 = this process.
     workers: int = 1
+    # The asyncio event loop (server/event_loop.py): "auto" (uvloop if installed),
+    # "uvloop" or "asyncio".
+    event_loop: str = "auto"
 
     @property
     def database_path(self) -> Path:
@@ -172,6 +177,13 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         # Replication keeps per-peer state (shippers, link health, acknowledgement waits)
         # in the process that runs it; calls reaching another worker would see none of it.
         raise ConfigError("workers > 1 is not supported on a node with [[peers]] (replication)")
+    event_loop = raw.get("event_loop", "auto")
+    if not isinstance(event_loop, str):
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
+    try:
+        resolve_event_loop(event_loop)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     try:
         audit = parse_audit_settings(_table(raw, "audit", required=False))
         metrics = parse_metrics_settings(_table(raw, "metrics", required=False))
@@ -192,6 +204,7 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         audit=audit,
         metrics=metrics,
         workers=workers,
+        event_loop=event_loop,
     )
 
 

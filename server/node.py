@@ -26,6 +26,7 @@ from meridian.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from meridian.replication.engine import EngineSettings
 from meridian.replication.runtime import ReplicationRuntime, open_replication
 from meridian.replication.transport import TransportFactory
+from meridian.server import event_loop
 from meridian.server.api.authorization import AuthorizationHook
 from meridian.server.api.commit_observer import OtherWorkersCommits
 from meridian.server.api.idempotency import IdempotencyGuard, deduplicating
@@ -298,7 +299,13 @@ class Node:
             )
             # Shippers start once the node serves: peers may call back at once.
             await replication.start()
-        log.info("node ready", listen=config.listen, port=self.port, data_dir=str(config.data_dir))
+        log.info(
+            "node ready",
+            listen=config.listen,
+            port=self.port,
+            data_dir=str(config.data_dir),
+            event_loop=event_loop.running_loop_name(),
+        )
         return self.port
 
     @property

@@ -44,6 +44,7 @@ from types import FrameType
 
 import structlog
 
+from meridian.server import event_loop
 from meridian.server.config import NodeConfig
 from meridian.server.worker_role import WorkerRole
 
@@ -193,7 +194,7 @@ def worker_main(
     configure_logging(config.log_level, region=config.region)
     structlog.contextvars.bind_contextvars(worker=role.index)
     try:
-        asyncio.run(_serve_worker(config, role, ready))
+        event_loop.run(_serve_worker(config, role, ready), config.event_loop)
     except KeyboardInterrupt:
         pass
     finally:

@@ -42,6 +42,7 @@ from meridian.cli.bench.prepare import prepare_meridian, prepare_peer
 from meridian.cli.bench.profile_summary import describe, summarize_directory
 from meridian.cli.bench.stats import RunStats, median_of, summarize
 from meridian.cli.bench.workloads import Prepared, Workload, workload
+from meridian.server.event_loop import resolve as resolve_event_loop
 
 REGION = "us-east-1"
 TARGET_CEILING = "ceiling (empty)"
@@ -504,7 +505,8 @@ def run(options: BenchOptions, display: Display | None = None) -> dict[str, Any]
             display.note(
                 f"== Meridian and the empty-call ceiling ({options.concurrency} in flight, "
                 f"{options.processes} load process(es), {options.warmup_s:g} s warm-up + "
-                f"{options.duration_s:g} s per run, {options.payload_bytes} B payload)"
+                f"{options.duration_s:g} s per run, {options.payload_bytes} B payload, "
+                f"{resolve_event_loop('auto')} event loop)"
             )
             rounds = run_meridian(options, directory, display)
             if options.peer:
@@ -523,6 +525,8 @@ def run(options: BenchOptions, display: Display | None = None) -> dict[str, Any]
             "python": sys.version.split()[0],
             # A shared machine shows here: the ratios still compare runs made side by side.
             "load_average_at_start": [round(value, 2) for value in load_average],
+            # The nodes' and the load generator's loop (server/event_loop.py, "auto").
+            "event_loop": resolve_event_loop("auto"),
         },
         "options": {
             "operations": list(options.operations),

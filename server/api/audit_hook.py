@@ -20,7 +20,6 @@ ciphertext's public header).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 from google.protobuf.message import Message
 
+from meridian.server.api import request_ids
 from meridian.server.api.audit_documents import (
     READ_ONLY_OPERATIONS,
     CallSubject,
@@ -35,7 +35,7 @@ from meridian.server.api.audit_documents import (
     shrink,
 )
 from meridian.server.api.interceptor import CallInfo
-from meridian.server.audit.events import AuditEvent, AuditFormatError
+from meridian.server.audit.events import AuditEvent, AuditFormatError, to_us
 from meridian.server.audit.sink import AuditUnavailable
 from meridian.server.domain import identifiers
 from meridian.server.domain.clock import Clock
@@ -77,7 +77,7 @@ class AuditHook:
         account_id: str,
         clock: Clock,
         alias_lookup: AliasLookup,
-        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_id: Callable[[], str] = request_ids.new_id,
     ) -> None:
         self._trail = trail
         self._region = region
@@ -168,6 +168,8 @@ class AuditHook:
         self, call: CallInfo, response: Any | None, error: KmsError | None, *, pending: bool = False
     ) -> AuditEvent:
         received = call.facts.get(FACT_RECEIVED_AT)
+        if not isinstance(received, datetime):
+            received = self._clock.now()
         document = api_call_document(
             operation=call.operation,
             request=call.request,
@@ -177,17 +179,21 @@ class AuditHook:
             source_address=call.source_address,
             request_id=call.request_id,
             event_id=self._new_id(),
-            received_at=received if isinstance(received, datetime) else self._clock.now(),
+            received_at=received,
             region=self._region,
             account_id=self._account_id,
             subject=await self._subject(call, response),
             facts=call.facts,
             pending=pending,
         )
+        # The record's time in µs as its eventTime text says it (to_us and format_time
+        # agree for every aware datetime: tests/unit/test_audit_time.py); a naive one is
+        # left to the parser.
+        event_time_us = to_us(received) if received.tzinfo is not None else None
         try:
-            return AuditEvent.from_document(document)
+            return AuditEvent.from_document(document, event_time_us=event_time_us)
         except AuditFormatError:
-            return AuditEvent.from_document(shrink(document))
+            return AuditEvent.from_document(shrink(document), event_time_us=event_time_us)
 
     # ---- what the call was about ----------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -20,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from meridian.server.api.errors import status_for
 from meridian.server.api.principal import PrincipalResolver
+from meridian.server.api.request_ids import new_id
 from meridian.server.domain.errors import (
     AccessDeniedException,
     KmsError,
@@ -147,7 +147,7 @@ class RequestInterceptor(_ServerInterceptor):
         async def wrapped(request: Any, context: Context) -> Any:
             principal = self._principals.from_auth_context(context.auth_context())
             source_address = _source_address(context.peer())
-            request_id = str(uuid.uuid4())
+            request_id = new_id()
             caller = None
             if principal is not None:
                 caller = Caller(

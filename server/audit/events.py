@@ -110,7 +110,11 @@ class RecordIndex:
 
     @property
     def key_arns(self) -> tuple[str, ...]:
-        return tuple(arn for arn in (self.key_arn, self.related_key_arn) if arn)
+        # Spelled out: asked for on every record's commit, where a generator showed.
+        key_arn, related = self.key_arn, self.related_key_arn
+        if key_arn:
+            return (key_arn, related) if related else (key_arn,)
+        return (related,) if related else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +125,12 @@ class AuditEvent:
     index: RecordIndex
 
     @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> AuditEvent:
+    def from_document(
+        cls, document: Mapping[str, Any], *, event_time_us: int | None = None
+    ) -> AuditEvent:
+        """``event_time_us``: the time ``eventTime`` was written from, if the caller has
+        it (the audit hook), which spares parsing the text back; it must be that time
+        (``to_us(t)`` for ``format_time(t)``), as the verifier derives it from the text."""
         body = canonical_json(document)
         # An ASCII text (nearly every record) is as long in UTF-8 as it is in characters,
         # and str knows whether it is ASCII without a scan: no encoding just to measure.
@@ -129,7 +138,7 @@ class AuditEvent:
         size = len(body) if body.isascii() else len(body.encode("utf-8"))
         if size > EVENT_BYTES_MAX:
             raise AuditFormatError(f"an audit event is limited to {EVENT_BYTES_MAX} bytes")
-        return cls(body=body, index=index_of(document))
+        return cls(body=body, index=index_of(document, event_time_us=event_time_us))
 
 
 def canonical_json(document: Mapping[str, Any]) -> str:
@@ -159,8 +168,11 @@ def parse_document(body: str) -> dict[str, Any]:
     return document
 
 
-def index_of(document: Mapping[str, Any]) -> RecordIndex:
-    """The columns a record is searched by; raises AuditFormatError if they are missing."""
+def index_of(document: Mapping[str, Any], *, event_time_us: int | None = None) -> RecordIndex:
+    """The columns a record is searched by; raises AuditFormatError if they are missing.
+
+    ``event_time_us`` is what ``eventTime`` says, when the caller already knows it.
+    """
     identity = document.get("userIdentity")
     principal = identity.get("arn", "") if isinstance(identity, dict) else ""
     resources = document.get("resources") or []
@@ -170,8 +182,9 @@ def index_of(document: Mapping[str, Any]) -> RecordIndex:
     extension = document.get("meridian")
     if not isinstance(extension, dict):
         raise AuditFormatError("an audit event carries a 'meridian' object")
+    event_time = _text(document, "eventTime")
     return RecordIndex(
-        event_time_us=parse_time_us(_text(document, "eventTime")),
+        event_time_us=parse_time_us(event_time) if event_time_us is None else event_time_us,
         event_id=_text(document, "eventID"),
         request_id=str(document.get("requestID") or ""),
         event_type=_text(document, "eventType"),

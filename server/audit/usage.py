@@ -78,3 +78,53 @@ def merge_increments(increments: list[UsageIncrement]) -> list[UsageIncrement]:
         UsageIncrement(day, arn, operation, requests, failures)
         for (day, arn, operation), (requests, failures) in merged.items()
     ]
+
+
+class UsageTally:
+    """The usage effects of a group of records, counted as they are chained: one
+    counter per (day, key, operation) without an increment object per record (the
+    commit thread tallies every record; a batch call's hundred records of one key make
+    one upsert). Equal to merging each record's :func:`usage_effects`."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], list[int]] = {}
+        self.last_uses: list[LastUse] = []
+        # Records of one day in a row: the day's text once, not per record.
+        self._day_start_us = 0
+        self._day_end_us = 0
+        self._day = ""
+
+    def add(self, index: RecordIndex) -> None:
+        if index.event_type != _API_CALL:
+            return
+        failed = 0 if index.outcome == _SUCCESS else 1
+        time_us = index.event_time_us
+        if not self._day_start_us <= time_us < self._day_end_us:
+            self._day = day_of(time_us)
+            self._day_start_us = time_us - time_us % _US_PER_DAY
+            self._day_end_us = self._day_start_us + _US_PER_DAY
+        key_arns = index.key_arns
+        counts = self._counts
+        for arn in key_arns or ("",):
+            slot = (self._day, arn, index.event_name)
+            count = counts.get(slot)
+            if count is None:
+                counts[slot] = [1, failed]
+            else:
+                count[0] += 1
+                count[1] += failed
+        if not failed and index.event_name in LAST_USAGE_OPERATIONS:
+            self.last_uses.extend(
+                LastUse(arn, index.event_name, time_us, index.event_id, index.request_id)
+                for arn in key_arns
+            )
+
+    def increments(self) -> list[UsageIncrement]:
+        return [
+            UsageIncrement(day, arn, operation, requests, failures)
+            for (day, arn, operation), (requests, failures) in self._counts.items()
+        ]
+
+
+_API_CALL = EventType.API_CALL.value
+_SUCCESS = Outcome.SUCCESS.value

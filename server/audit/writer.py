@@ -35,10 +35,9 @@ from meridian.server.audit.ports import (
     Intent,
     NewDigest,
     NewRecord,
-    UsageIncrement,
 )
 from meridian.server.audit.sink import AuditUnavailable
-from meridian.server.audit.usage import merge_increments, usage_effects
+from meridian.server.audit.usage import UsageTally
 
 # Builds the digest for the head it is given, or returns None if there is nothing to seal.
 DigestBuilder = Callable[[ChainHead, NewDigest | None], NewDigest | None]
@@ -340,7 +339,7 @@ class GroupCommitWriter:
         """The batch for ``items`` chained onto ``head``; the new head, digest, results."""
         batch = CommitBatch(head=head)
         results: list[object] = []
-        increments: list[UsageIncrement] = []
+        tally = UsageTally()
         for item in items:
             result: object = None
             if item.intent is not None:
@@ -350,9 +349,7 @@ class GroupCommitWriter:
                 digest_value = record_hash(seq, head.hash, item.event.body)
                 batch.records.append(NewRecord(seq, head.hash, digest_value, item.event))
                 head = ChainHead(seq, digest_value)
-                found, last_uses = usage_effects(item.event.index)
-                increments.extend(found)
-                batch.last_uses.extend(last_uses)
+                tally.add(item.event.index)
                 result = seq
             if item.intent_done is not None:
                 batch.intents_done.append(item.intent_done)
@@ -369,7 +366,8 @@ class GroupCommitWriter:
                 result = sealed
             results.append(result)
         batch.head = head
-        batch.usage = merge_increments(increments)
+        batch.usage = tally.increments()
+        batch.last_uses.extend(tally.last_uses)
         return batch, head, digest, results
 
     # ---- handing results back to the loop --------------------------------------------------

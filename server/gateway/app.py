@@ -18,7 +18,6 @@ import json
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +29,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from meridian.server.api.interceptor import CallInfo, CallPipeline, Context, MalformedRequest
+from meridian.server.api.request_ids import new_id
 from meridian.server.domain.clock import Clock
 from meridian.server.domain.errors import KmsError, KMSInternalException
 from meridian.server.domain.model import Caller
@@ -171,7 +171,7 @@ class AwsGateway:
         await self._credentials.aclose()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = str(uuid.uuid4())
+        request_id = new_id()
         started = time.perf_counter()
         try:
             return await self._handle(request, request_id, started)

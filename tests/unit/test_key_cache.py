@@ -57,3 +57,23 @@ def test_callers_get_copies() -> None:
     first.state = KeyState.DISABLED
     second = cache.get("a")
     assert second is not None and second.state is KeyState.ENABLED
+
+
+def test_a_copy_carries_every_field() -> None:
+    from dataclasses import replace
+
+    original = replace(
+        _key("a"),
+        multi_region=True,
+        deletion_date=datetime(2026, 2, 1, tzinfo=UTC),
+        state=KeyState.PENDING_DELETION,
+        pending_window_days=7,
+        revision=42,
+        description="with every optional field set",
+    )
+    cache = KeyCache()
+    cache.put(original, cache.generation)
+    original.revision = 43  # the cache holds its own copy from the start
+    copied = cache.get("a")
+    assert copied is not None
+    assert copied == replace(original, revision=42)
