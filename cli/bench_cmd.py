@@ -46,6 +46,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-peer", action="store_true", help="skip moto")
     parser.add_argument(
+        "--open-loop",
+        type=float,
+        default=0.0,
+        metavar="CALLS_PER_S",
+        help="start calls at this fixed rate instead of keeping --concurrency in flight: "
+        "latency at an equal load for the ceiling and each operation (timed from when "
+        "each call was due); the peer is skipped",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -103,6 +112,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"meridian bench: {error}")
         return 2
+    if args.open_loop < 0:
+        print("meridian bench: --open-loop takes a rate of calls per second above 0")
+        return 2
     if args.profile is not None and args.profile.exists() and not args.profile.is_dir():
         # Found before minutes of benchmarking, not by a traceback at the first profile.
         print(f"meridian bench: --profile {args.profile} exists and is not a folder")
@@ -119,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         rounds=max(1, args.rounds),
         profile_dir=args.profile,
         output=args.output,
+        open_loop_rate=args.open_loop,
     )
     display = Display()
     document = run(options, display)

@@ -24,6 +24,14 @@ class GrpcWorkerSpec:
     concurrency: int
     duration_s: float
     warmup_s: float
+    # Open loop: start this many calls per second on a fixed schedule, whatever the
+    # answers (0: closed loop, ``concurrency`` calls always in flight).
+    rate_per_s: float = 0.0
+
+
+# Open loop: calls in flight beyond this mean the node is not keeping up with the rate;
+# the calls that would start then are counted as errors instead of piling up.
+OPEN_LOOP_IN_FLIGHT_MAX = 2048
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,9 @@ async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
             response_deserializer=lambda data: data,
         )
         await call(spec.request, timeout=30)  # connect and warm the path once
+        if spec.rate_per_s > 0:
+            await _open_loop(spec, call, result)
+            return result
         loop = asyncio.get_running_loop()
         measure_from = loop.time() + spec.warmup_s
         deadline = measure_from + spec.duration_s
@@ -94,6 +105,51 @@ async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
 
         await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
     return result
+
+
+async def _open_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) -> None:
+    """Calls started on a fixed schedule (every ``1 / rate_per_s`` s), each timed from
+    the moment it was *due*, not from when it was sent: a node that stalls delays the
+    calls due meanwhile, and their latency says so (no coordinated omission, which a
+    closed loop has: it stops sending while the node stalls)."""
+    import grpc
+
+    interval = 1.0 / spec.rate_per_s
+    start = time.perf_counter()
+    measure_from = start + spec.warmup_s
+    deadline = measure_from + spec.duration_s
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(due: float) -> None:
+        try:
+            await call(spec.request, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            if due >= measure_from:
+                result.errors += 1
+                result.first_error = result.first_error or f"{error.code()}: {error.details()}"
+            return
+        if due >= measure_from:
+            result.latencies_s.append(time.perf_counter() - due)
+
+    number = 0
+    while (due := start + number * interval) < deadline:
+        number += 1
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if len(in_flight) >= OPEN_LOOP_IN_FLIGHT_MAX:
+            if due >= measure_from:
+                result.errors += 1
+                result.first_error = result.first_error or (
+                    f"more than {OPEN_LOOP_IN_FLIGHT_MAX} calls in flight: the node does "
+                    f"not keep up with {spec.rate_per_s:g} calls/s"
+                )
+            continue
+        task = asyncio.ensure_future(one(due))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    if in_flight:
+        await asyncio.gather(*in_flight)
 
 
 def run_boto_worker(spec: BotoWorkerSpec) -> WorkerResult:

@@ -114,10 +114,10 @@ class UsageTally:
                 count[0] += 1
                 count[1] += failed
         if not failed and index.event_name in LAST_USAGE_OPERATIONS:
-            self.last_uses.extend(
-                LastUse(arn, index.event_name, time_us, index.event_id, index.request_id)
-                for arn in key_arns
-            )
+            for arn in key_arns:
+                self.last_uses.append(
+                    LastUse(arn, index.event_name, time_us, index.event_id, index.request_id)
+                )
 
     def increments(self) -> list[UsageIncrement]:
         return [

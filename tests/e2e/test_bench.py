@@ -71,3 +71,41 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # The final tables, printed plainly off a terminal.
     assert "Meridian side by side" in result.stdout
     assert "Verify-ML_DSA_65" in result.stdout
+
+
+def test_bench_open_loop_runs_at_the_rate(tmp_path: Path) -> None:
+    """`--open-loop`: the ceiling and the operation both at the same fixed rate."""
+    output = tmp_path / "open-loop.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meridian",
+            "bench",
+            "--ops",
+            "Encrypt",
+            "--open-loop",
+            "40",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--no-audit-off",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "open loop at 40 calls/s" in result.stdout
+    document = json.loads(output.read_text())
+    assert document["options"]["open_loop_rate"] == 40
+    runs = {(r["target"], r["operation"]): r for r in document["results"]}
+    # The peer is not run in open loop; both of ours made every call that was due.
+    assert sorted(runs) == [("ceiling (empty)", "Empty"), ("meridian", "Encrypt")]
+    for run in runs.values():
+        assert run["errors"] == 0
+        assert 36 <= run["operations"] <= 44, run
