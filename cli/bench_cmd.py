@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return scale.run_from_arguments(args)
     from meridian.cli.bench.batches import batch_summary
-    from meridian.cli.bench.display import Display, per_target, side_by_side
+    from meridian.cli.bench.display import Display, per_target, side_by_side, targets_table
     from meridian.cli.bench.runner import BenchOptions, run
     from meridian.cli.bench.workloads import WORKLOADS, workload
 
@@ -138,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     display.console.print()
     display.console.print(per_target(document["results"]))
     display.console.print(side_by_side(document))
+    if document["targets"]:
+        display.console.print(targets_table(document["targets"]))
     display.note(
         "of ceiling: ops/s as a fraction of the empty gRPC call's; on / off: audit on as a "
         "fraction of audit off; n/a: the peer has no such operation"

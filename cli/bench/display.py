@@ -174,3 +174,19 @@ def per_target(results: Sequence[Mapping[str, Any]]) -> Table:
             str(result["errors"]),
         )
     return table
+
+
+def targets_table(checks: Sequence[Mapping[str, Any]]) -> Table:
+    """The issue's targets against this run (cli/bench/targets.py): met or not."""
+    table = Table(title="Targets (issue 9) against this run", title_justify="left")
+    for header in ("target", "operation", "measured", "limit", ""):
+        table.add_column(header, justify="right" if header in ("measured", "limit") else "left")
+    for check in checks:
+        table.add_row(
+            check["target"],
+            check["operation"],
+            _number(check["measured"], 2),
+            _number(check["limit"], 2),
+            "met" if check["met"] else "NOT met",
+        )
+    return table

@@ -41,6 +41,7 @@ from meridian.cli.bench.loadgen import (
 from meridian.cli.bench.prepare import prepare_meridian, prepare_peer
 from meridian.cli.bench.profile_summary import describe, summarize_directory
 from meridian.cli.bench.stats import RunStats, median_of, summarize
+from meridian.cli.bench.targets import check_targets
 from meridian.cli.bench.workloads import Prepared, Workload, workload
 from meridian.server.event_loop import resolve as resolve_event_loop
 
@@ -558,6 +559,8 @@ def run(options: BenchOptions, display: Display | None = None) -> dict[str, Any]
         "ratios": ratios(results, options.operations, peer=peer_ran),
         "rounds": [[r.as_dict() for r in runs] for runs in rounds],
     }
+    # The targets against this run's ratios (cli/bench/targets.py).
+    document["targets"] = [check.as_dict() for check in check_targets(document)]
     if options.profile_dir is not None:
         # Shares of the audit-on node's GIL samples by part of the request path.
         profiles = summarize_directory(options.profile_dir)

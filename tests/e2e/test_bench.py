@@ -109,3 +109,8 @@ def test_bench_open_loop_runs_at_the_rate(tmp_path: Path) -> None:
     for run in runs.values():
         assert run["errors"] == 0
         assert 36 <= run["operations"] <= 44, run
+    # The report judges the latency target only: at one rate, throughput says nothing.
+    assert [check["target"] for check in document["targets"]] == [
+        "p99 <= 2 x the empty call's p99 (same offered load)"
+    ]
+    assert "Targets (issue 9) against this run" in result.stdout
