@@ -213,6 +213,20 @@ def json_safe(value: Any, *, depth: int = 0) -> Any:
     return _cap(str(value))
 
 
+# The last authorization fact made JSON-safe, and what it became. The items of a batch
+# that share a decision share the one fact object (server/api/authorization.py), so
+# their records convert it once. Held by identity, with a reference to the object, so a
+# new fact can never be mistaken for it; documents only read what they are given.
+_last_authorization: tuple[object, Any] = (object(), None)
+
+
+def _authorization_fact(value: object) -> Any:
+    global _last_authorization
+    if value is not _last_authorization[0]:
+        _last_authorization = (value, json_safe(value))
+    return _last_authorization[1]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallSubject:
     """What the call was about, as far as the audit hook could tell."""
@@ -269,11 +283,9 @@ def api_call_document(
     extension: dict[str, Any] = {
         "outcome": "Pending" if pending else outcome_of(error).value,
     }
-    for fact, name in (
-        ("authorization", "authorization"),
-        ("grant_id", "grantId"),
-        ("transport", "transport"),
-    ):
+    if "authorization" in facts:
+        extension["authorization"] = _authorization_fact(facts["authorization"])
+    for fact, name in (("grant_id", "grantId"), ("transport", "transport")):
         if fact in facts:
             extension[name] = json_safe(facts[fact])
     if subject.alias_name:

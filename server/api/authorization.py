@@ -57,6 +57,7 @@ class AuthorizationHook:
     ) -> None:
         self._authorizer = authorizer
         self._rules = rules
+        self._recorded: tuple[AuthorizationResult | None, dict[str, Any]] = (None, {})
 
     async def before(self, call: CallInfo) -> None:
         caller = call.caller
@@ -114,12 +115,20 @@ class AuthorizationHook:
                 "reason": error.reason,
             }
             raise
-        _record(call, result)
+        self._record(call, result)
         if not result.allowed:
             raise result.denial()
 
     async def after(self, call: CallInfo, response: Any | None, error: KmsError | None) -> None:
         return None
+
+    def _record(self, call: CallInfo, result: AuthorizationResult) -> None:
+        # The items of a batch that share a decision (batch_memo.py) share its record
+        # too: the same result object, so the same (never mutated) fact, built once.
+        if result is not self._recorded[0]:
+            self._recorded = (result, _decision_fact(result))
+        call.facts["authorization"] = self._recorded[1]
+        _record_keys(call, result)
 
 
 def service_of(method: str) -> str:
@@ -156,10 +165,10 @@ def _node_only(call: CallInfo, principal_arn: str) -> None:
         )
 
 
-def _record(call: CallInfo, result: AuthorizationResult) -> None:
+def _decision_fact(result: AuthorizationResult) -> dict[str, Any]:
     check = result.deciding
     decision = check.decision
-    call.facts["authorization"] = {
+    return {
         "decision": "allow" if result.allowed else "deny",
         "action": check.action,
         "resource": check.resource,
@@ -169,6 +178,9 @@ def _record(call: CallInfo, result: AuthorizationResult) -> None:
         ],
         "reason": _reason(decision.kind),
     }
+
+
+def _record_keys(call: CallInfo, result: AuthorizationResult) -> None:
     if result.key_arns:
         call.facts.setdefault("key_arn", result.key_arns[0])
         if len(result.key_arns) > 1 and result.key_arns[1] != result.key_arns[0]:
