@@ -46,7 +46,8 @@ class BatchError(Exception):
 @dataclass(frozen=True, slots=True)
 class OutgoingEntry:
     seq: int
-    record: Record
+    # The record, or its message already (a shipper makes it from the stored record).
+    record: Record | pb.KeyRecord
     materials: dict[bytes, bytes]  # material id -> material (never logged)
 
 
@@ -84,9 +85,9 @@ def seal_batch(
         for material_id, material in sorted(entry.materials.items()):
             sealed_refs.append(pb.SealedMaterial(material_id=material_id, item_index=len(items)))
             items.append((_item_aad(entry.record.state.key_id, material_id), material))
-        messages.append(
-            pb.Entry(seq=entry.seq, record=record_to_proto(entry.record), materials=sealed_refs)
-        )
+        record = entry.record
+        record_message = record if isinstance(record, pb.KeyRecord) else record_to_proto(record)
+        messages.append(pb.Entry(seq=entry.seq, record=record_message, materials=sealed_refs))
     header = b""
     if items:
         header, sealed = seal_bundle(

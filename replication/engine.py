@@ -56,6 +56,7 @@ from meridian.replication.inbound import BatchApplier
 from meridian.replication.status import EngineStatus, PeerStatus
 from meridian.replication.status import status_snapshot as build_status
 from meridian.replication.transport import PeerTransport, TransportError, TransportFactory
+from meridian.replication.wire import StoredRecord, stored_record_to_proto
 from meridian.server.config import PeerConfig
 from meridian.server.domain import identifiers
 from meridian.server.domain.clock import Clock
@@ -72,10 +73,7 @@ from meridian.server.domain.multi_region import (
     Record,
     SharedState,
 )
-from meridian.server.domain.multi_region_codec import (
-    decode_record,
-    encode_record,
-)
+from meridian.server.domain.multi_region_codec import encode_record
 from meridian.server.domain.multi_region_service import MultiRegionService
 from meridian.server.domain.service import material_aad
 from meridian.server.storage.replication_repository import (
@@ -133,6 +131,13 @@ class PeerLink:
     ack_persisted_at_s: float = float("-inf")
     # The peer's latest acknowledged position not yet written down (None: written).
     ack_unpersisted: int | None = None
+    # The next batch, being built while the peer applies the one in flight: the seq it
+    # starts at, and the task building it (engine ``_send_entries``).
+    prepared: tuple[int, asyncio.Future[_BuiltBatch | None]] | None = None
+    # How many batches built ahead were sent, and how many were dropped (a gap, a
+    # failure): for tests and profiling.
+    prepared_sent: int = 0
+    prepared_dropped: int = 0
 
     def acknowledged(self) -> None:
         self.progress.set()
@@ -206,6 +211,10 @@ class ReplicationEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        prepared = [link.prepared[1] for link in self.links.values() if link.prepared]
+        for link in self.links.values():
+            self._drop_prepared(link)
+        await asyncio.gather(*prepared, return_exceptions=True)
         # Transactions whose callers were cancelled still finish before the store closes,
         # and so do the audit events of applied batches.
         await asyncio.gather(*self._transactions, return_exceptions=True)
@@ -317,28 +326,121 @@ class ReplicationEngine:
         log.info("peer connected", peer=peer, acknowledged=int(response.applied_seq))
 
     async def _send_entries(self, link: PeerLink, action: SendEntries) -> None:
-        peer = await self._pinned(link.config.region)
-        rows = await self._reader.outbox(action.first_seq, action.last_seq)
-        if not rows or rows[0].seq != action.first_seq:
+        """Ship the batch from ``action.first_seq``; while the peer applies it, build the
+        next one.
+
+        Building a batch (reading, converting, sealing, signing) and applying it take
+        about as long, and with one batch at a time the two nodes took turns. The next
+        batch is now built while the peer applies this one (``link.prepared``), and sent
+        once this one is acknowledged: still one Push in flight, so the peer applies in
+        order and every acknowledgement is its durable position, as before. A prepared
+        batch is used only if it starts right after the position the peer acknowledged;
+        otherwise (a gap, a failure, a restart) it is dropped.
+        """
+        prepared = self._take_prepared(link, action.first_seq)
+        try:
+            built = await prepared if prepared is not None else None
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Built ahead on an older look at the log; build it again now.
+            built = None
+        if built is None:
+            peer = await self._pinned(link.config.region)
+            built = await self._build_entries(peer, action.first_seq, action.last_seq)
+        if built is None:
             # Pruned meanwhile: the shipper will see the new tail and snapshot.
             link.shipper.on_failure(self._now_s(), "outbox entries pruned; resynchronising")
             return
+        next_first = built.last_seq + 1
+        if next_first <= link.head_seq_seen:
+            next_last = min(
+                link.head_seq_seen, built.last_seq + self.settings.limits.batch_entries_max
+            )
+            task = asyncio.ensure_future(self._prepare_entries(link, next_first, next_last))
+            # A batch dropped after its build failed: its error is not news (it is built
+            # again, and fails again, in the path that reports it).
+            task.add_done_callback(_retrieve_error)
+            link.prepared = (next_first, task)
+        try:
+            response = await link.transport.push(
+                built.request, timeout_s=self.settings.rpc_timeout_s
+            )
+        except BaseException:
+            self._drop_prepared(link)
+            raise
+        position = int(response.applied_seq)
+        link.shipper.on_position(self._now_s(), position)
+        # Waiters (ReplicateKey) learn of the acknowledgement before it is written down.
+        link.acknowledged()
+        if response.outcome == pb.PushResponse.GAP or position != built.last_seq:
+            self._drop_prepared(link)
+        if response.outcome != pb.PushResponse.GAP:
+            link.entries_shipped += built.entries
+            await self._acknowledged(link, position)
+
+    async def _prepare_entries(
+        self, link: PeerLink, first_seq: int, last_seq: int
+    ) -> _BuiltBatch | None:
+        peer = await self._pinned(link.config.region)
+        return await self._build_entries(peer, first_seq, last_seq)
+
+    def _take_prepared(
+        self, link: PeerLink, first_seq: int
+    ) -> asyncio.Future[_BuiltBatch | None] | None:
+        """The batch built ahead, if it starts at ``first_seq`` (else it is dropped)."""
+        prepared = link.prepared
+        link.prepared = None
+        if prepared is None:
+            return None
+        if prepared[0] != first_seq:
+            prepared[1].cancel()
+            link.prepared_dropped += 1
+            return None
+        link.prepared_sent += 1
+        return prepared[1]
+
+    def _drop_prepared(self, link: PeerLink) -> None:
+        if link.prepared is not None:
+            link.prepared[1].cancel()
+            link.prepared = None
+            link.prepared_dropped += 1
+
+    async def _build_entries(
+        self, peer: PublicIdentity, first_seq: int, last_seq: int
+    ) -> _BuiltBatch | None:
+        """The signed batch of the outbox from ``first_seq`` (up to ``last_seq``, ~512 KiB),
+        or None if ``first_seq`` was pruned."""
+        rows = await self._reader.outbox(first_seq, last_seq)
+        if not rows or rows[0].seq != first_seq:
+            return None
         # Records are chosen up to ~BATCH_BYTES_MAX, then cut again once their materials
         # are known (each adds its bytes and ~64 of framing): at least one entry always.
-        chosen: list[tuple[int, Record, int]] = []
+        # They go from their stored JSON straight to messages (the receiver checks them).
+        chosen: list[tuple[int, StoredRecord, int]] = []
         size = 0
         for row in rows:
-            chosen.append((row.seq, decode_record(row.record), len(row.record)))
+            chosen.append((row.seq, stored_record_to_proto(row.record), len(row.record)))
             size += len(row.record)
             if size >= BATCH_BYTES_MAX:
                 break
-        materials = await self._materials_for_all(peer.region, [r.state for _, r, _ in chosen])
+        materials = await self._materials_for_all(
+            peer.region,
+            [
+                _Wants(
+                    key_id=stored.key_id,
+                    material_ids=stored.material_ids,
+                    named=peer.region in stored.live_members,
+                )
+                for _, stored, _ in chosen
+            ],
+        )
         entries: list[OutgoingEntry] = []
         size = 0
-        for (seq, record, record_bytes), found in zip(chosen, materials, strict=True):
+        for (seq, stored, record_bytes), found in zip(chosen, materials, strict=True):
             if entries and size >= BATCH_BYTES_MAX:
                 break
-            entries.append(OutgoingEntry(seq=seq, record=record, materials=found))
+            entries.append(OutgoingEntry(seq=seq, record=stored.message, materials=found))
             size += record_bytes + sum(len(m) + 64 for m in found.values())
         request = seal_batch(
             await self.identity.get(),
@@ -348,14 +450,7 @@ class ReplicationEngine:
             entries=entries,
             randbytes=self._randbytes,
         )
-        response = await link.transport.push(request, timeout_s=self.settings.rpc_timeout_s)
-        position = int(response.applied_seq)
-        link.shipper.on_position(self._now_s(), position)
-        # Waiters (ReplicateKey) learn of the acknowledgement before it is written down.
-        link.acknowledged()
-        if response.outcome != pb.PushResponse.GAP:
-            link.entries_shipped += len(entries)
-            await self._acknowledged(link, position)
+        return _BuiltBatch(request=request, entries=len(entries), last_seq=entries[-1].seq)
 
     async def _send_snapshot(self, link: PeerLink, action: SendSnapshot) -> None:
         peer = await self._pinned(link.config.region)
@@ -379,7 +474,9 @@ class ReplicationEngine:
             size += sizes[-1]
             if size >= BATCH_BYTES_MAX:
                 break
-        materials = await self._materials_for_all(peer.region, chunk)
+        materials = await self._materials_for_all(
+            peer.region, [_wants_of_state(peer.region, state) for state in chunk]
+        )
         entries: list[OutgoingEntry] = []
         size = 0
         for record, record_bytes, found in zip(records, sizes, materials, strict=True):
@@ -417,42 +514,38 @@ class ReplicationEngine:
             await self._acknowledged(link, position)
 
     async def _materials_for_all(
-        self, destination: str, record_states: Sequence[SharedState]
+        self, destination: str, wants: Sequence[_Wants]
     ) -> list[dict[bytes, bytes]]:
         """Per record: the materials of the versions its view names, unwrapped for sealing
         to ``destination`` — if it is a live member by the record or by the current view.
 
-        The current views and stored versions of every key involved are read in two bulk
-        statements for the whole batch (not two per record), and each material is
-        unwrapped once per batch however many records name it.
+        Whether the current view names it is asked of the keys whose record does not, in
+        one statement answered by SQLite's JSON functions; the stored versions of every key
+        involved are read in one bulk statement for the whole batch (not per record), and
+        each material is unwrapped once per batch however many records name it.
         """
-        undecided = {
-            state.key_id for state in record_states if not wants_material(destination, state)
-        }
-        current = await self._reader.states_of(undecided) if undecided else {}
-        wanted = [
-            wants_material(destination, state)
-            or wants_material(destination, current.get(state.key_id, (None, None))[0])
-            for state in record_states
-        ]
-        stored = await self._reader.versions_of(
-            {state.key_id for state, want in zip(record_states, wanted, strict=True) if want}
+        undecided = {want.key_id for want in wants if not want.named}
+        current = (
+            await self._reader.keys_with_live_member(undecided, destination) if undecided else set()
+        )
+        wanted = [want.named or want.key_id in current for want in wants]
+        stored = await self._reader.wrapped_materials_of(
+            {want.key_id for want, yes in zip(wants, wanted, strict=True) if yes}
         )
         unwrapped: dict[tuple[str, bytes], bytes] = {}
         result: list[dict[bytes, bytes]] = []
-        for state, want in zip(record_states, wanted, strict=True):
+        for want, yes in zip(wants, wanted, strict=True):
             materials: dict[bytes, bytes] = {}
-            if want:
-                for version in stored.get(state.key_id, ()):
-                    if version.material_id not in state.versions:
+            if yes:
+                for material_id, wrapped in stored.get(want.key_id, ()):
+                    if material_id not in want.material_ids:
                         continue
-                    cache_key = (state.key_id, version.material_id)
+                    cache_key = (want.key_id, material_id)
                     if cache_key not in unwrapped:
                         unwrapped[cache_key] = await self._root_key.unwrap(
-                            version.wrapped_material,
-                            aad=material_aad(state.key_id, version.material_id),
+                            wrapped, aad=material_aad(want.key_id, material_id)
                         )
-                    materials[version.material_id] = unwrapped[cache_key]
+                    materials[material_id] = unwrapped[cache_key]
             result.append(materials)
         return result
 
@@ -743,6 +836,36 @@ class ReplicationEngine:
 
     def _now_us(self) -> int:
         return to_us(self._clock.now())
+
+
+def _retrieve_error(task: asyncio.Future[_BuiltBatch | None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _BuiltBatch:
+    request: pb.PushRequest
+    entries: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Wants:
+    """What choosing a record's materials needs: its key, the versions its view names,
+    and whether that view names the destination as a live member."""
+
+    key_id: str
+    material_ids: frozenset[bytes]
+    named: bool
+
+
+def _wants_of_state(destination: str, state: SharedState) -> _Wants:
+    return _Wants(
+        key_id=state.key_id,
+        material_ids=frozenset(state.versions),
+        named=wants_material(destination, state),
+    )
 
 
 __all__ = ["EngineSettings", "EngineStatus", "PeerStatus", "ReplicationEngine"]

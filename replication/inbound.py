@@ -10,6 +10,7 @@ inside one shielded write transaction, so all of it commits together or not at a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,8 +29,9 @@ from meridian.replication.core.receiver import (
 )
 from meridian.server.domain import identifiers, validation
 from meridian.server.domain.crypto.rootkey import RootKeyProvider
-from meridian.server.domain.model import Key, KeyState, KeyVersion
+from meridian.server.domain.model import Key, KeyState, KeyVersion, Tag
 from meridian.server.domain.multi_region import ABSENT, LocalMeta, Record, SharedState
+from meridian.server.domain.multi_region_codec import encode_state
 from meridian.server.domain.multi_region_service import MultiRegionService
 from meridian.server.domain.service import material_aad
 from meridian.server.storage.replication_repository import SqliteReplicationWriter
@@ -93,7 +95,7 @@ class BatchApplier:
                 position, log_id=batch.log_id, through_seq=through, last_chunk=last
             )
         result = BatchResult(pb.PushResponse(outcome=pb.PushResponse.APPLIED))
-        work = _BatchWork(writer)
+        work = _BatchWork(tx, writer)
         await work.load({entry.record.state.key_id for entry in todo})
         refused = 0
         for entry in todo:
@@ -106,6 +108,8 @@ class BatchApplier:
         await self._follow_shared_states(tx, work)
         await writer.set_inbound(origin, batch.log_id, new_position, now_us=to_us(now))
         self.entries_applied += len(todo)
+        if work.keys_created:
+            log.info("created replica keys", peer=origin, keys=work.keys_created)
         result.response.applied_seq = new_position
         result.response.refused_records = refused
         return result
@@ -211,12 +215,9 @@ class BatchApplier:
             )
             key.check_invariants()
             first_version = versions.pop(decision.current_material_id)
-            await tx.insert_key(key, first_version)
-            work.keys[key_id] = key
-            work.add_held(key_id, first_version.material_id)
-            if request.tags:
-                await tx.put_tags(key_id, request.tags)
-            log.info(
+            work.insert_key(key, first_version, request.tags)
+            # One line per key at debug; a batch logs how many it created (at info).
+            log.debug(
                 "created a replica key",
                 key_id=key_id,
                 state=key.state.value,
@@ -242,6 +243,9 @@ class BatchApplier:
                 key.pending_window_days = days
                 changed = True
             if changed:
+                if work.inserting(key_id):
+                    # Created earlier in this batch: its row must exist to be updated.
+                    await work.flush(now_us=to_us(now))
                 await tx.update_key(key)
             if promoted and self._multi_region.version_promoted is not None:
                 # The hook is another feature's code on the same transaction: it must see
@@ -291,12 +295,15 @@ class _BatchWork:
     the caller's one transaction: a failure anywhere rolls back the whole batch, queued
     writes included (they are only ever written inside it).
 
-    Key rows themselves are written at once through the caller's ``SqliteWriter`` (they are
-    the key service's table); a copy here stays in step because ``update_key`` updates the
-    object it is given.
+    Key rows are the key service's table, written through the caller's ``SqliteWriter``:
+    new replica keys at ``flush`` (one ``insert_keys`` for the batch, before the versions
+    and tags that refer to them), changes of existing ones at once (after a ``flush`` if
+    the row is one this batch creates); a copy here stays in step because ``update_key``
+    updates the object it is given.
     """
 
-    def __init__(self, writer: SqliteReplicationWriter) -> None:
+    def __init__(self, tx: SqliteWriter, writer: SqliteReplicationWriter) -> None:
+        self._tx = tx
         self._writer = writer
         self.states: dict[str, tuple[SharedState, LocalMeta]] = {}
         self.keys: dict[str, Key] = {}
@@ -308,6 +315,10 @@ class _BatchWork:
         self._dirty_states: dict[str, tuple[SharedState, LocalMeta]] = {}
         self._versions: list[KeyVersion] = []
         self._records: list[Record] = []
+        self._new_keys: list[tuple[Key, KeyVersion]] = []
+        self._new_key_ids: set[str] = set()
+        self.keys_created = 0
+        self._new_tags: list[tuple[str, Sequence[Tag]]] = []
 
     async def load(self, key_ids: set[str]) -> None:
         self.states = await self._writer.states_of(key_ids)
@@ -317,6 +328,21 @@ class _BatchWork:
     def put_state(self, state: SharedState, meta: LocalMeta) -> None:
         self.states[state.key_id] = (state, meta)
         self._dirty_states[state.key_id] = (state, meta)
+
+    def insert_key(self, key: Key, first_version: KeyVersion, tags: Sequence[Tag]) -> None:
+        """A replica key created by this batch: written at ``flush`` with the others (one
+        statement for all of them instead of two or three per key)."""
+        self._new_keys.append((key, first_version))
+        self._new_key_ids.add(key.key_id)
+        self.keys_created += 1
+        if tags:
+            self._new_tags.append((key.key_id, tags))
+        self.keys[key.key_id] = key
+        self.add_held(key.key_id, first_version.material_id)
+
+    def inserting(self, key_id: str) -> bool:
+        """Whether ``key_id``'s row is created by this batch and not yet written."""
+        return key_id in self._new_key_ids
 
     def insert_version(self, version: KeyVersion) -> None:
         self._versions.append(version)
@@ -333,9 +359,35 @@ class _BatchWork:
         self.stale_keys.add(key_id)
 
     async def flush(self, *, now_us: int) -> None:
-        await self._writer.put_states(list(self._dirty_states.values()), now_us=now_us)
+        states = list(self._dirty_states.values())
+        encoded = [encode_state(state) for state, _meta in states]
+        # A record this region emits usually carries the very view it stores: its
+        # canonical bytes are made once for both tables.
+        by_key = {
+            state.key_id: (state, data)
+            for (state, _meta), data in zip(states, encoded, strict=True)
+        }
+        # Key rows first: versions and tags refer to them.
+        if self._new_keys:
+            await self._tx.insert_keys(self._new_keys)
+            for key_id, tags in self._new_tags:
+                await self._tx.put_tags(key_id, tags)
+        await self._writer.put_states(states, now_us=now_us, encoded=encoded)
         await self._writer.insert_versions(self._versions)
-        await self._writer.append_records(self._records, now_us=now_us)
+        await self._writer.append_records(
+            self._records,
+            now_us=now_us,
+            state_bytes=[_same_view(by_key, record.state) for record in self._records],
+        )
         self._dirty_states.clear()
+        self._new_keys.clear()
+        self._new_key_ids.clear()
+        self._new_tags.clear()
         self._versions.clear()
         self._records.clear()
+
+
+def _same_view(encoded: dict[str, tuple[SharedState, bytes]], state: SharedState) -> bytes | None:
+    """The canonical bytes already made for this very view object, if any."""
+    found = encoded.get(state.key_id)
+    return found[1] if found is not None and found[0] is state else None

@@ -7,6 +7,8 @@ the batch that carried it is refused whole.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from meridian.proto.replication.v1 import replication_pb2 as pb
 from meridian.server.domain.key_material import RotationType
 from meridian.server.domain.model import KeySpec, KeyState, KeyUsage, Origin, Tag
@@ -23,6 +25,7 @@ from meridian.server.domain.multi_region import (
     VersionInfo,
     check_state,
 )
+from meridian.server.domain.multi_region_codec import decode_document
 
 _AUTHOR_STATES = frozenset({state.value for state in KeyState} | {ABSENT})
 _UINT_MAX = 2**62
@@ -112,6 +115,108 @@ def state_to_proto(state: SharedState) -> pb.SharedState:
             for material_id, mark in sorted(state.rotations.items())
         ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An outbox record as a shipper needs it: the message, and what choosing its key
+    materials asks (its key, the versions its view names, the view's live members)."""
+
+    message: pb.KeyRecord
+    key_id: str
+    material_ids: frozenset[bytes]
+    live_members: frozenset[str]
+
+
+def stored_record_to_proto(data: bytes) -> StoredRecord:
+    """An outbox record (canonical JSON, ``multi_region_codec.encode_record``) straight to
+    its message: the same message as ``record_to_proto(decode_record(data))``, without
+    building and checking the domain objects in between — a shipper only passes records
+    on, and the receiver checks each one field by field (``record_from_proto``). That
+    detour was a third of a sender's time per entry. Raises MultiRegionStateError for a
+    row that is not a record.
+    """
+    document = decode_document(data)
+    try:
+        state = document["state"]
+        settings = state["settings"]
+        # Built in place (``add``, attribute assignment): a message passed to a
+        # constructor is copied into its parent, which made building a third slower.
+        message = pb.KeyRecord(
+            author_region=document["author_region"],
+            author_key_state=document["author_key_state"],
+        )
+        view = message.state
+        view.key_id = state["key_id"]
+        view.key_spec = state["key_spec"]
+        view.key_usage = state["key_usage"]
+        view.origin = state["origin"]
+        view.created_at_us = state["created_at_us"]
+        shared = view.settings
+        shared.epoch = settings["epoch"]
+        shared.primary_region = settings["primary_region"]
+        shared.revision = settings["revision"]
+        shared.author_region = settings["author_region"]
+        shared.current_material_id = bytes.fromhex(settings["current"])
+        if settings["pending"] is not None:
+            shared.pending_material_id = bytes.fromhex(settings["pending"])
+        shared.rotation_enabled = settings["rotation_enabled"]
+        shared.rotation_period_days = settings["rotation_period_days"] or 0
+        # Records stored before rotation of multi-Region keys have no such field.
+        if settings.get("next_rotation_us") is not None:
+            shared.next_rotation_us = settings["next_rotation_us"]
+        # The stored lists and objects are in canonical (sorted) order already, the
+        # order ``state_to_proto`` writes (hex sorts as the bytes it encodes); sorting
+        # them again costs next to nothing and does not depend on that.
+        material_ids = []
+        add_version = view.versions.add
+        for item in state["versions"]:
+            material_id = bytes.fromhex(item["id"])
+            material_ids.append(material_id)
+            add_version(
+                material_id=material_id,
+                created_at_us=item["created_at_us"],
+                commitment=bytes.fromhex(item["commitment"]),
+                origin_region=item["origin_region"],
+                rotation_type=item.get("rotation_type") or "",
+            )
+        live_members = []
+        add_member = view.members.add
+        for region, item in sorted(state["members"].items()):
+            member = add_member(
+                region=region,
+                incarnation=item["incarnation"],
+                deleted=item["deleted"],
+                author_region=item["author_region"],
+            )
+            request = item["request"]
+            if request is not None:
+                member.request.SetInParent()  # present, even if every field is empty
+                member.request.description = request["description"]
+                member.request.policy = request["policy"]
+                add_tag = member.request.tags.add
+                for tag_key, tag_value in request["tags"]:
+                    add_tag(tag_key=tag_key, tag_value=tag_value)
+            if not item["deleted"]:
+                live_members.append(region)
+        add_holders = view.holders.add
+        for material_id_hex, holders in sorted(state["holders"].items()):
+            add_holder = add_holders(material_id=bytes.fromhex(material_id_hex)).holders.add
+            for region, incarnation in sorted(holders):
+                add_holder(region=region, incarnation=incarnation)
+        add_mark = view.rotations.add
+        for material_id_hex, mark in sorted(state.get("rotations", {}).items()):
+            add_mark(
+                material_id=bytes.fromhex(material_id_hex), rotated_at_us=mark[0], serial=mark[1]
+            )
+        return StoredRecord(
+            message=message,
+            key_id=view.key_id,
+            material_ids=frozenset(material_ids),
+            live_members=frozenset(live_members),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise MultiRegionStateError(f"undecodable record: {error}") from None
 
 
 def state_from_proto(

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiosqlite
 
+from meridian.server.domain import identifiers
 from meridian.server.domain.model import Key, KeyVersion
 from meridian.server.domain.multi_region import (
     LocalMeta,
@@ -100,6 +101,22 @@ class SqliteReplicationRepository:
         )
         return {row[0]: (decode_state(bytes(row[1])), decode_meta(bytes(row[2]))) for row in rows}
 
+    async def keys_with_live_member(self, key_ids: Iterable[str], region: str) -> set[str]:
+        """Those of ``key_ids`` whose stored view has ``region`` as a live member: what a
+        shipper asks of the keys whose record does not name its peer, answered inside
+        SQLite (JSON1) without decoding whole views into Python."""
+        if not identifiers.is_valid_region(region):
+            raise ValueError("bad region name")
+        # Views are canonical JSON text in a BLOB column: read as text (a blob would be
+        # SQLite's binary JSONB to newer versions). The region name was checked above
+        # (letters, digits, dashes), so it is safe inside the statement.
+        condition = f"json_extract(CAST(state AS TEXT), '$.members.\"{region}\".deleted') = 0"
+        rows = await self._all_in(
+            f"SELECT key_id FROM mrk_state WHERE key_id IN ({{ids}}) AND {condition}",  # noqa: S608
+            key_ids,
+        )
+        return {row[0] for row in rows}
+
     async def keys_of(self, key_ids: Iterable[str]) -> dict[str, Key]:
         rows = await self._all_in(
             f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id IN ({{ids}})",  # noqa: S608
@@ -124,6 +141,21 @@ class SqliteReplicationRepository:
                 )
             )
         return versions
+
+    async def wrapped_materials_of(
+        self, key_ids: Iterable[str]
+    ) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Per key, its stored versions' ``(material id, wrapped material)``: what a
+        shipper seals (``versions_of`` without the rest of each row)."""
+        rows = await self._all_in(
+            "SELECT key_id, material_id, wrapped_material FROM key_versions "
+            "WHERE key_id IN ({ids})",
+            key_ids,
+        )
+        found: dict[str, list[tuple[bytes, bytes]]] = {}
+        for row in rows:
+            found.setdefault(row[0], []).append((bytes(row[1]), bytes(row[2])))
+        return found
 
     async def held_material_ids_of(self, key_ids: Iterable[str]) -> dict[str, frozenset[bytes]]:
         rows = await self._all_in(
@@ -248,11 +280,18 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
         await self.put_states([(state, meta)], now_us=now_us)
 
     async def put_states(
-        self, states: Sequence[tuple[SharedState, LocalMeta]], *, now_us: int
+        self,
+        states: Sequence[tuple[SharedState, LocalMeta]],
+        *,
+        now_us: int,
+        encoded: Sequence[bytes] | None = None,
     ) -> None:
-        """Upsert many views in one statement (one thread hop)."""
+        """Upsert many views in one statement (one thread hop). ``encoded``: each view's
+        ``encode_state``, if the caller has it already."""
         if not states:
             return
+        if encoded is None:
+            encoded = [encode_state(state) for state, _meta in states]
         await self._db.executemany(
             "INSERT INTO mrk_state "
             "(key_id, epoch, primary_region, pending, state, meta, updated_at_us) "
@@ -266,11 +305,11 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
                     state.epoch,
                     state.primary_region,
                     int(state.settings.pending_material_id is not None),
-                    encode_state(state),
+                    state_bytes,
                     encode_meta(meta),
                     now_us,
                 )
-                for state, meta in states
+                for (state, meta), state_bytes in zip(states, encoded, strict=True)
             ],
         )
 
@@ -294,11 +333,20 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
         """Append ``record`` to the outbox; returns its sequence number."""
         return (await self.append_records([record], now_us=now_us))[-1]
 
-    async def append_records(self, records: Sequence[Record], *, now_us: int) -> list[int]:
+    async def append_records(
+        self,
+        records: Sequence[Record],
+        *,
+        now_us: int,
+        state_bytes: Sequence[bytes | None] | None = None,
+    ) -> list[int]:
         """Append ``records`` in order, in three statements whatever their number; returns
-        their sequence numbers (consecutive)."""
+        their sequence numbers (consecutive). ``state_bytes``: per record, its view's
+        ``encode_state`` if the caller has it already (None: encode it here)."""
         if not records:
             return []
+        if state_bytes is None:
+            state_bytes = [None] * len(records)
         row = await self._one("SELECT head_seq FROM replication_log WHERE singleton = 1")
         if row is None:
             raise AssertionError("the replication log is not initialised")
@@ -311,8 +359,14 @@ class SqliteReplicationWriter(SqliteReplicationRepository):
             "INSERT INTO replication_outbox (seq, key_id, epoch, created_at_us, record) "
             "VALUES (?, ?, ?, ?, ?)",
             [
-                (seq, record.state.key_id, record.state.epoch, now_us, encode_record(record))
-                for seq, record in zip(seqs, records, strict=True)
+                (
+                    seq,
+                    record.state.key_id,
+                    record.state.epoch,
+                    now_us,
+                    encode_record(record, state_bytes=encoded),
+                )
+                for seq, record, encoded in zip(seqs, records, state_bytes, strict=True)
             ],
         )
         return seqs
