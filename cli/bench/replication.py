@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from meridian.cli import cluster
+from meridian.cli.bench.targets import check_replication_targets, target_lines
 from meridian.client import KmsClient
 
 PRIMARY, REPLICA = "us-east-1", "eu-west-1"
@@ -153,6 +154,8 @@ def run(options: Options) -> dict[str, Any]:
         "lag": lag,
         "catch_up": catch_ups,
     }
+    # The issue's targets against this run (cli/bench/targets.py).
+    document["targets"] = [check.as_dict() for check in check_replication_targets(document)]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
@@ -400,6 +403,9 @@ def print_table(document: dict[str, Any]) -> None:
             f"{_cell(row['entries_per_s_after_first_batch']):>10}  "
             + ", ".join(f"{r} {v}" for r, v in row["node_cpu_ms_per_entry"].items())
         )
+    print("\ntargets (issue 9) against this run")
+    for line in target_lines(check_replication_targets(document)):
+        print(line)
 
 
 def _cell(value: float | None) -> str:

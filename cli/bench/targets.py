@@ -8,7 +8,7 @@ throughput target) is left out rather than shown as met or missed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +91,46 @@ def check_targets(document: Mapping[str, Any]) -> list[TargetCheck]:
                 )
             )
     return checks
+
+
+REPLICATION_LAG_P99_MS_MAX = 200.0
+CATCH_UP_ENTRIES_PER_S_MIN = 5000.0
+
+
+def check_replication_targets(document: Mapping[str, Any]) -> list[TargetCheck]:
+    """Lag p99 and catch-up rate (cli/bench/replication.py's document)."""
+    checks: list[TargetCheck] = []
+    p99 = document.get("lag", {}).get("lag_ms", {}).get("p99")
+    if p99 is not None:
+        checks.append(
+            TargetCheck(
+                "replication lag p99 <= 200 ms on loopback under load",
+                f"{document['lag'].get('achieved_rate_per_s')} changes/s",
+                p99,
+                REPLICATION_LAG_P99_MS_MAX,
+                p99 <= REPLICATION_LAG_P99_MS_MAX,
+            )
+        )
+    for run in document.get("catch_up", []):
+        rate = run.get("entries_per_s_since_restart")
+        if rate is None:
+            continue
+        checks.append(
+            TargetCheck(
+                "catch-up >= 5,000 entries/s (from the restart)",
+                f"{run.get('backlog_entries')} entries",
+                rate,
+                CATCH_UP_ENTRIES_PER_S_MIN,
+                rate >= CATCH_UP_ENTRIES_PER_S_MIN,
+            )
+        )
+    return checks
+
+
+def target_lines(checks: Sequence[TargetCheck]) -> list[str]:
+    """Plain lines for reports printed without a table."""
+    return [
+        f"  {check.target} [{check.operation}]: {check.measured:g} "
+        f"(limit {check.limit:g}) {'met' if check.met else 'NOT met'}"
+        for check in checks
+    ]

@@ -58,3 +58,25 @@ def test_an_open_loop_run_speaks_to_latency_only() -> None:
 def test_what_did_not_run_is_left_out() -> None:
     assert check_targets(document({"GenerateDataKey": {}})) == []
     assert check_targets({"ratios": {}}) == []
+
+
+def test_replication_targets_come_from_the_lag_and_each_catch_up() -> None:
+    from meridian.cli.bench.targets import check_replication_targets, target_lines
+
+    checks = check_replication_targets(
+        {
+            "lag": {"achieved_rate_per_s": 48.4, "lag_ms": {"p99": 100.0}},
+            "catch_up": [
+                {"backlog_entries": 5000, "entries_per_s_since_restart": 1414.0},
+                {"backlog_entries": 20000, "entries_per_s_since_restart": 5100.0},
+            ],
+        }
+    )
+    assert [(check.operation, check.met) for check in checks] == [
+        ("48.4 changes/s", True),
+        ("5000 entries", False),
+        ("20000 entries", True),
+    ]
+    lines = target_lines(checks)
+    assert lines[1].endswith("1414 (limit 5000) NOT met")
+    assert check_replication_targets({"lag": {}, "catch_up": []}) == []
