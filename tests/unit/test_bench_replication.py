@@ -64,3 +64,37 @@ def test_percentiles_are_nearest_rank() -> None:
     }
     assert replication._summary([7.0])["p99"] == 7.0
     assert replication._summary([])["count"] == 0
+
+
+def test_the_table_ends_with_the_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    from meridian.cli.bench.replication import print_table
+
+    summary = {"p50": 54.0, "p90": 85.0, "p99": 100.0, "max": 127.0}
+    print_table(
+        {
+            "host": {"load_average_at_start": 1.7},
+            "lag": {
+                "changes": 500,
+                "target_rate_per_s": 50,
+                "achieved_rate_per_s": 48.4,
+                "errors": 0,
+                "lag_ms": summary,
+                "replicate_key_latency_ms": summary,
+            },
+            "catch_up": [
+                {
+                    "changes": 5000,
+                    "backlog_entries": 5001,
+                    "first_batch_after_restart_s": 1.5,
+                    "zero_backlog_after_restart_s": 5.2,
+                    "entries_per_s_since_restart": 953.0,
+                    "entries_per_s_after_first_batch": 1220.0,
+                    "node_cpu_ms_per_entry": {"us-east-1": 0.43, "eu-west-1": 0.55},
+                }
+            ],
+        }
+    )
+    printed = capsys.readouterr().out
+    assert "targets (issue 9) against this run" in printed
+    assert "replication lag p99 <= 200 ms on loopback under load [48.4 changes/s]: 100" in printed
+    assert "[5001 entries]: 953 (limit 5000) NOT met" in printed
