@@ -15,6 +15,13 @@ RUN_DEFAULTS = {"duration": 5.0, "warmup": 1.0}
 QUICK_DEFAULTS = {"duration": 1.5, "warmup": 0.5}
 DEFAULT_OUTPUT = Path("bench-results/latest.json")
 WORKERS_OUTPUT = Path("bench-results/workers.json")
+# `--workers` runs without `--operations`: single calls, whose client costs a sixth
+# (crypto) to over half (empty call) of the node's CPU, and batches of 100, where the
+# node does nearly all the work (so on a small machine a second worker has a core to
+# use even with the load generator beside it; docs/performance.md §8).
+WORKERS_DEFAULT_OPERATIONS = (
+    "Empty,Encrypt,Decrypt,GenerateDataKey,CreateKey,BatchEncrypt,BatchDecrypt,BatchGenerateDataKey"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +66,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="py-spy the audit-on node during each operation; collapsed stacks in DIR",
+        help="py-spy the audit-on node (with --workers: each worker) during each "
+        "operation; collapsed stacks in DIR",
     )
     parser.add_argument(
         "--no-audit-off",
@@ -70,8 +78,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--workers",
         default=None,
-        help="e.g. 1,2: compare a node run as that many worker processes "
-        "(cli/bench/workers_scaling.py) instead of the side-by-side run",
+        help="e.g. 1,2,1,2: compare a node run as that many worker processes "
+        "(cli/bench/workers_scaling.py) instead of the side-by-side run; without "
+        f"--operations it runs {WORKERS_DEFAULT_OPERATIONS}",
     )
     # `--scale 1000,100000,1000000`: keys in a region (cli/bench/scale.py).
     from meridian.cli.bench import scale
@@ -152,16 +161,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_workers(args: argparse.Namespace) -> int:
+    from meridian.cli.bench.workers_report import TABLE_NOTE, summarize_operations, table_lines
     from meridian.cli.bench.workers_scaling import ScalingOptions, run_scaling
     from meridian.cli.bench.workloads import workload
 
+    named = args.operations if args.operations != DEFAULT_OPERATIONS else None
     try:
         counts = [int(value) for value in args.workers.split(",") if value.strip()]
         if not counts or any(count < 1 for count in counts):
             raise ValueError("--workers takes worker counts of 1 or more, e.g. 1,2")
-        operations = [workload(name.strip()).name for name in args.operations.split(",")]
+        operations = [
+            workload(name.strip()).name
+            for name in (named or WORKERS_DEFAULT_OPERATIONS).split(",")
+            if name.strip()
+        ]
     except ValueError as error:
         print(f"meridian bench: {error}")
+        return 2
+    if args.profile is not None and args.profile.exists() and not args.profile.is_dir():
+        print(f"meridian bench: --profile {args.profile} exists and is not a folder")
         return 2
     options = ScalingOptions(
         workers=counts,
@@ -173,17 +191,14 @@ def _run_workers(args: argparse.Namespace) -> int:
         payload_bytes=args.payload_bytes,
         # Its own file unless one is named: it is a different document.
         output=args.output if args.output != DEFAULT_OUTPUT else WORKERS_OUTPUT,
+        profile_dir=args.profile,
     )
     document = run_scaling(options)
     print()
-    print("throughput as a multiple of the first count's (and per core the node got):")
-    per_core = document["scaling_per_node_core"]
-    for operation, row in document["scaling"].items():
-        multiples = "  ".join(
-            f"{count} workers: x{value:.2f} (x{per_core[operation][count]:.2f}/core)"
-            for count, value in row.items()
-        )
-        print(f"{operation:<22} {multiples}")
+    cores = document["machine"]["cores"]
+    for line in table_lines(summarize_operations(document["results"], cores), cores):
+        print(line)
+    print(f"\n{TABLE_NOTE}")
     print(f"\nwritten to {options.output}")
     errors = sum(row["errors"] for row in document["results"])
     return 1 if errors else 0

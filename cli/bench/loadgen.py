@@ -81,30 +81,38 @@ async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
         await call(spec.request, timeout=30)  # connect and warm the path once
         if spec.rate_per_s > 0:
             await _open_loop(spec, call, result)
-            return result
-        loop = asyncio.get_running_loop()
-        measure_from = loop.time() + spec.warmup_s
-        deadline = measure_from + spec.duration_s
-
-        async def caller() -> None:
-            while True:
-                started = time.perf_counter()
-                if loop.time() >= deadline:
-                    return
-                try:
-                    await call(spec.request, timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    if loop.time() >= measure_from:
-                        result.errors += 1
-                        result.first_error = (
-                            result.first_error or f"{error.code()}: {error.details()}"
-                        )
-                    continue
-                if loop.time() >= measure_from:
-                    result.latencies_s.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
+        else:
+            await _closed_loop(spec, call, result)
     return result
+
+
+async def _closed_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) -> None:
+    """``concurrency`` callers, each sending its next call when the last one answered."""
+    import grpc
+
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + spec.warmup_s
+    deadline = measure_from + spec.duration_s
+
+    async def caller() -> None:
+        while True:
+            started = time.perf_counter()
+            if loop.time() >= deadline:
+                return
+            try:
+                await call(spec.request, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                if measure_from <= loop.time() < deadline:
+                    result.errors += 1
+                    result.first_error = result.first_error or f"{error.code()}: {error.details()}"
+                continue
+            # Only calls that end inside the window count: ops/s is completions per
+            # second of the window, and a call ending after it (a batch can take a
+            # second under load) would inflate it.
+            if measure_from <= loop.time() < deadline:
+                result.latencies_s.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
 
 
 async def _open_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) -> None:

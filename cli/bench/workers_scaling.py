@@ -6,11 +6,16 @@ each operation with the same load. Connections are spread over the workers by th
 kernel (SO_REUSEPORT hashes each connection), so every load process opens several
 connections of its own and spreads its calls over them.
 
-On a small machine the load generator competes with the node for the same cores, so
-the result also says where the CPU went during each measuring window: the node's
-processes (per worker), the load generator, and the whole machine (which includes
-anything else running). Read the scaling together with that split: a node cannot use
-a core the load generator is busy with.
+On a small machine the load generator competes with the node for the same cores: a
+single call costs the client a good part of what it costs the node, so on 2 cores two
+workers never get a second core to themselves. Batch calls (100 items) cost the client
+little per item, so they show what the workers can do when the node is the bound.
+Each run therefore also says where the CPU went during its measuring window (the
+load's own window, read from /proc samples afterwards): the node's processes (per
+worker), the load generator, and the whole machine (which includes anything else
+running), and per item what the node and the load generator spent. workers_report.py
+turns those into the table: items/s and its ratio, and the ratio this machine's cores
+would allow at the measured costs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -31,15 +38,21 @@ from typing import Any
 import tomli_w
 
 from meridian.cli import cluster
+from meridian.cli.bench import batches
 from meridian.cli.bench.prepare import prepare_meridian
+from meridian.cli.bench.profile_summary import gil_shares
 from meridian.cli.bench.runner import REGION, _pool, server_cpu_s
 from meridian.cli.bench.stats import summarize
+from meridian.cli.bench.workers_report import CpuSample, cpu_between, summarize_operations
 from meridian.cli.bench.workloads import Workload, workload
 
 # Each load process's calls go over this many connections, so that N workers each get
 # some even from one process (a connection is served by one worker for its lifetime).
 CONNECTIONS_PER_PROCESS = 16
 WORKERS_READY_TIMEOUT_S = 120.0
+# How often the node's and the machine's CPU counters are read during a run (the
+# kernel counts in 10 ms ticks; reading /proc a few times costs nothing measurable).
+CPU_SAMPLE_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class ScalingOptions:
     processes: int = 1
     payload_bytes: int = 1024
     output: Path = Path("bench-results/workers.json")
+    # py-spy each serving process during each run; collapsed stacks in this folder.
+    profile_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +91,18 @@ class _LoadResult:
     first_error: str = ""
     # CPU seconds this load process used while measuring.
     cpu_s: float = 0.0
+    # The measuring window, in time.monotonic() seconds (CLOCK_MONOTONIC is one clock
+    # for every process on Linux, so the benchmark can read the node's CPU over it).
+    window_start: float = 0.0
+    window_end: float = 0.0
 
 
 def run_load(spec: _LoadSpec) -> _LoadResult:
-    """One load process (runs in a ``spawn`` pool process)."""
-    return asyncio.run(_load(spec))
+    """One load process (runs in a ``spawn`` pool process), on the node's default loop
+    as the side-by-side benchmark's load is (cli/bench/loadgen.py)."""
+    from meridian.server.event_loop import run
+
+    return run(_load(spec))
 
 
 async def _load(spec: _LoadSpec) -> _LoadResult:
@@ -115,32 +137,39 @@ async def _load(spec: _LoadSpec) -> _LoadResult:
         loop = asyncio.get_running_loop()
         measure_from = loop.time() + spec.warmup_s
         deadline = measure_from + spec.duration_s
-        cpu_at_start: list[float] = []
+        # The window's ends are taken by timers, not by the callers: a caller reaches
+        # them only when its call returns, which for a batch can be a second late.
+        window: dict[str, tuple[float, float]] = {}
+
+        def mark(name: str) -> None:
+            window[name] = (time.monotonic(), time.process_time())
+
+        loop.call_at(measure_from, mark, "start")
+        loop.call_at(deadline, mark, "end")
 
         async def caller(index: int) -> None:
             call = calls[index % len(calls)]
-            while True:
+            while loop.time() < deadline:
                 started = time.perf_counter()
-                now = loop.time()
-                if now >= deadline:
-                    return
-                if now >= measure_from and not cpu_at_start:
-                    cpu_at_start.append(time.process_time())
                 try:
                     await call(spec.request, timeout=30)
                 except grpc.aio.AioRpcError as error:
-                    if loop.time() >= measure_from:
+                    if measure_from <= loop.time() < deadline:
                         result.errors += 1
                         result.first_error = (
                             result.first_error or f"{error.code()}: {error.details()}"
                         )
                     continue
-                if loop.time() >= measure_from:
+                # Only calls that end inside the window count: those still running at
+                # its end would otherwise add up to `concurrency` calls to it.
+                if measure_from <= loop.time() < deadline:
                     result.latencies_s.append(time.perf_counter() - started)
 
         await asyncio.gather(*(caller(index) for index in range(spec.concurrency)))
-        if cpu_at_start:
-            result.cpu_s = time.process_time() - cpu_at_start[0]
+        if "start" in window and "end" in window:
+            result.window_start, cpu_start = window["start"]
+            result.window_end, cpu_end = window["end"]
+            result.cpu_s = cpu_end - cpu_start
     finally:
         for channel in channels:
             await channel.close(None)
@@ -227,36 +256,45 @@ def _measure(
         warmup_s=options.warmup_s,
         **load,
     )
+    samples: list[CpuSample] = []
     with _pool(options.processes) as pool:
         futures: list[Future[_LoadResult]] = [
             pool.submit(run_load, spec) for _ in range(options.processes)
         ]
-        # The load's first calls connect and warm up; measure the node in the window.
-        time.sleep(options.warmup_s + 0.2)
-        node_before = [server_cpu_s(pid) for pid in pids]
-        machine_before = _machine_busy_s()
-        window_started = time.monotonic()
+        # The node's CPU is sampled throughout and read over the load's own window
+        # afterwards: the load processes take a while (and under load, a varying while)
+        # to start, connect and warm up.
+        samples.append(_cpu_sample(pids))
         while not all(future.done() for future in futures):
-            time.sleep(0.05)
-        window_s = time.monotonic() - window_started
-        node_after = [server_cpu_s(pid) for pid in pids]
-        machine_after = _machine_busy_s()
+            time.sleep(CPU_SAMPLE_INTERVAL_S)
+            samples.append(_cpu_sample(pids))
+        samples.append(_cpu_sample(pids))
         results = [future.result() for future in futures]
+    measured = [result for result in results if result.window_end > result.window_start]
+    if not measured:
+        raise RuntimeError(f"the load of {work.name} never reached its measuring window")
+    window_start = min(result.window_start for result in measured)
+    window_end = max(result.window_end for result in measured)
+    window_s = window_end - window_start
+    node_cpu, machine_cpu = cpu_between(samples, window_start, window_end)
     latencies = [latency for result in results for latency in result.latencies_s]
     errors = sum(result.errors for result in results)
-    node_cpu = [after - before for before, after in zip(node_before, node_after, strict=True)]
     stats = summarize(
-        f"meridian workers={workers}",
-        work.name,
-        latencies,
-        errors,
-        options.duration_s,
-        sum(node_cpu),
+        f"meridian workers={workers}", work.name, latencies, errors, window_s, sum(node_cpu)
     )
-    cores = os.cpu_count() or 1
     node_cores = sum(node_cpu) / window_s
+    load_cpu_s = sum(result.cpu_s for result in results)
+    items = len(latencies) * work.items_per_call
     return {
         **stats.as_dict(),
+        "items_per_call": work.items_per_call,
+        "items_per_s": round(items / window_s, 1),
+        # What an item (a call, or one item of a batch) costs in CPU: the node's (all
+        # its processes) and the load generator's. Much steadier than ops/s on a shared
+        # machine, and what the ceilings in workers_report.py are made of.
+        "node_cpu_ms_per_item": round(sum(node_cpu) / items * 1000, 4) if items else None,
+        "load_generator_cpu_ms_per_item": round(load_cpu_s / items * 1000, 4) if items else None,
+        "machine_cores_busy": round(machine_cpu / window_s, 2),
         # Throughput per core the node actually got: on a shared machine the share of
         # CPU the node gets varies, this much less (it shows the cost of coordination).
         "ops_per_node_core_s": round(stats.ops_per_s / node_cores, 1) if node_cores else None,
@@ -265,11 +303,19 @@ def _measure(
         "cpu_cores": {
             "node": round(node_cores, 2),
             "node_per_process": [round(cpu / window_s, 2) for cpu in node_cpu],
-            "load_generator": round(sum(r.cpu_s for r in results) / window_s, 2),
-            "machine": round((machine_after[0] - machine_before[0]) / window_s, 2),
-            "machine_cores": cores,
+            "load_generator": round(load_cpu_s / window_s, 2),
+            "machine": round(machine_cpu / window_s, 2),
+            "machine_cores": os.cpu_count() or 1,
         },
     }
+
+
+def _cpu_sample(pids: Sequence[int]) -> CpuSample:
+    return CpuSample(
+        time.monotonic(),
+        tuple(server_cpu_s(pid) for pid in pids),
+        _machine_busy_s()[0],
+    )
 
 
 def run_scaling(options: ScalingOptions, report: Any = print) -> dict[str, Any]:
@@ -289,29 +335,98 @@ def run_scaling(options: ScalingOptions, report: Any = print) -> dict[str, Any]:
                 prepared = prepare_meridian(directory, REGION, payload, works)
                 for work in works:
                     request = work.build(prepared).SerializeToString()
-                    row = _measure(options, load, pids, work, request, count)
+                    if work.items_per_call > 1:
+                        # The load generator sees statuses only; a batch must answer
+                        # every item, or failing items would look fast.
+                        problem = batches.check_items(load, work, request)
+                        if problem:
+                            raise RuntimeError(f"{work.name}: the batch's items fail ({problem})")
+                    # The supervisor only watches; py-spy the processes that serve.
+                    profiler = _start_profilers(
+                        options, pids[1:] or pids, f"w{count}-run{run}-{work.name}"
+                    )
+                    try:
+                        row = _measure(options, load, pids, work, request, count)
+                    finally:
+                        _wait_profilers(profiler, options)
                     row["workers"] = count
+                    row["run"] = run
+                    if profiler:
+                        row["profile_gil_shares"] = [
+                            gil_shares(path.read_text()) if path.exists() else {}
+                            for path, _ in profiler
+                        ]
                     results.append(row)
                     report(_line(row))
             finally:
                 cluster.down(directory)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    summaries = summarize_operations(results, cores)
     document = {
         "kind": "workers-scaling",
         "started_at": started,
         "options": {
-            **{k: v for k, v in asdict(options).items() if k != "output"},
+            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
             "connections_per_process": CONNECTIONS_PER_PROCESS,
         },
-        "machine": {"cores": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "machine": {"cores": cores, "load_average_at_start": os.getloadavg()},
         "results": results,
+        "summary": [summary.as_dict() for summary in summaries],
         "scaling": scaling(results),
         "scaling_per_node_core": scaling(results, "ops_per_node_core_s"),
     }
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(document, indent=2) + "\n")
     return document
+
+
+def _start_profilers(
+    options: ScalingOptions, pids: Sequence[int], name: str
+) -> list[tuple[Path, subprocess.Popen[bytes]]]:
+    """py-spy on each serving process for the run (``--profile DIR``), if asked: GIL
+    samples only, which is what bounds one worker; collapsed stacks, one file each."""
+    if options.profile_dir is None:
+        return []
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise RuntimeError("py-spy is not installed (`pip install -e '.[bench]'`)")
+    options.profile_dir.mkdir(parents=True, exist_ok=True)
+    started = []
+    for index, pid in enumerate(pids):
+        output = options.profile_dir / f"{name}-worker{index}.txt"
+        command = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--gil",
+            # Sampling without stopping the process perturbs the figures less.
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--duration",
+            str(max(1, round(options.warmup_s + options.duration_s))),
+            "--output",
+            str(output),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append((output, process))
+    return started
+
+
+def _wait_profilers(
+    profilers: Sequence[tuple[Path, subprocess.Popen[bytes]]], options: ScalingOptions
+) -> None:
+    for _, process in profilers:
+        try:
+            process.wait(timeout=options.warmup_s + options.duration_s + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def scaling(
@@ -335,10 +450,12 @@ def scaling(
 
 def _line(row: dict[str, Any]) -> str:
     cores = row["cpu_cores"]
+    node_ms = row["node_cpu_ms_per_item"]
+    load_ms = row["load_generator_cpu_ms_per_item"]
     return (
-        f"  workers={row['workers']:<2} {row['operation']:<22} {row['ops_per_s']:>9.1f} ops/s"
+        f"  workers={row['workers']:<2} {row['operation']:<22} {row['items_per_s']:>9.1f} items/s"
         f"  p50 {row['p50_ms']:7.2f}  p99 {row['p99_ms']:7.2f} ms"
-        f"  per node core {row['ops_per_node_core_s'] or float('nan'):7.1f} ops/s"
+        f"  CPU ms/item: node {node_ms or float('nan'):.4f} load {load_ms or float('nan'):.4f}"
         f"  cores: node {cores['node']:.2f} {cores['node_per_process']}"
         f" load {cores['load_generator']:.2f} machine {cores['machine']:.2f}"
         f"/{cores['machine_cores']}  errors {row['errors']}"

@@ -73,6 +73,62 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "Verify-ML_DSA_65" in result.stdout
 
 
+def test_bench_workers_smoke(tmp_path: Path) -> None:
+    """`--workers 1,2`: a single call and a batch on a node of one and of two workers,
+    with the CPU per item of the node and of the load generator, and the table."""
+    output = tmp_path / "workers.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meridian",
+            "bench",
+            "--workers",
+            "1,2",
+            "--ops",
+            "Encrypt,BatchEncrypt",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(output.read_text())
+    runs = {(row["workers"], row["operation"]): row for row in document["results"]}
+    assert sorted(runs) == [
+        (1, "BatchEncrypt"),
+        (1, "Encrypt"),
+        (2, "BatchEncrypt"),
+        (2, "Encrypt"),
+    ]
+    for key, row in runs.items():
+        assert row["errors"] == 0, key
+        assert row["items_per_s"] > 0, key
+        assert row["node_cpu_ms_per_item"] > 0, key
+        assert row["load_generator_cpu_ms_per_item"] > 0, key
+        # The supervisor, then each worker; a lone node is one process.
+        assert len(row["cpu_cores"]["node_per_process"]) == 1 + (key[0] > 1) * key[0], key
+    batch = runs[(1, "BatchEncrypt")]
+    assert batch["items_per_call"] == 100
+    assert batch["items_per_s"] == pytest.approx(batch["ops_per_s"] * 100, rel=0.01)
+    summary = {row["operation"]: row for row in document["summary"]}
+    assert set(summary) == {"Encrypt", "BatchEncrypt"}
+    for row in summary.values():
+        assert set(row["items_per_s"]) == {"1", "2"}
+        assert row["measured_ratio"]["1"] == 1.0
+        assert row["ceiling_ratio"]["2"] > 0
+    assert "ceiling x" in result.stdout and "BatchEncrypt" in result.stdout
+
+
 def test_bench_open_loop_runs_at_the_rate(tmp_path: Path) -> None:
     """`--open-loop`: the ceiling and the operation both at the same fixed rate."""
     output = tmp_path / "open-loop.json"

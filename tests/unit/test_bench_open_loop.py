@@ -52,14 +52,34 @@ def test_calls_start_at_the_rate_and_a_stall_delays_every_call_due_during_it() -
 
 def test_calls_beyond_the_in_flight_bound_are_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loadgen, "OPEN_LOOP_IN_FLIGHT_MAX", 5)
+    result = WorkerResult(latencies_s=[], errors=0)
 
     async def call(request: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 - grpc's shape
-        await asyncio.sleep(0.5)  # a node that answers nothing while the calls are due
+        # A node that answers nothing while the calls are due: each call ends only once
+        # the 15 calls beyond the bound were refused (or after 5 s, if they never are).
+        for _ in range(500):
+            if result.errors >= 15:
+                break
+            await asyncio.sleep(0.01)
         return b""
 
-    result = WorkerResult(latencies_s=[], errors=0)
     asyncio.run(_open_loop(spec(100, 0.2), call, result))
     # 20 calls due: 5 in flight (answered late, and timed), 15 refused as errors.
     assert result.errors == 15
     assert len(result.latencies_s) == 5
     assert "does not keep up" in result.first_error
+
+
+def test_a_closed_loop_counts_only_the_calls_that_end_inside_the_window() -> None:
+    from meridian.cli.bench.loadgen import _closed_loop
+
+    async def call(request: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 - grpc's shape
+        await asyncio.sleep(0.3)
+        return b""
+
+    closed = GrpcWorkerSpec(**{**spec(0, 0.5).__dict__, "concurrency": 2, "rate_per_s": 0.0})
+    result = WorkerResult(latencies_s=[], errors=0)
+    asyncio.run(_closed_loop(closed, call, result))
+    # Each caller's first call ends at 0.3 s (inside), its second at 0.6 s (after the
+    # 0.5 s window): counting that one would claim 4 calls in 0.5 s instead of 2.
+    assert len(result.latencies_s) == 2
