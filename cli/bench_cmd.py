@@ -53,6 +53,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-peer", action="store_true", help="skip moto")
     parser.add_argument(
+        "--node-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each Meridian node of the side-by-side run as N worker processes "
+        "(`workers = N`); the ceiling is measured on the same node",
+    )
+    parser.add_argument(
         "--open-loop",
         type=float,
         default=0.0,
@@ -121,6 +129,11 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"meridian bench: {error}")
         return 2
+    from meridian.server.config import WORKERS_MAX
+
+    if not 1 <= args.node_workers <= WORKERS_MAX:
+        print(f"meridian bench: --node-workers takes 1 to {WORKERS_MAX}")
+        return 2
     if args.open_loop < 0:
         print("meridian bench: --open-loop takes a rate of calls per second above 0")
         return 2
@@ -141,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         profile_dir=args.profile,
         output=args.output,
         open_loop_rate=args.open_loop,
+        node_workers=args.node_workers,
     )
     display = Display()
     document = run(options, display)

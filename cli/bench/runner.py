@@ -76,6 +76,9 @@ class BenchOptions:
     # Open loop at this many calls per second in all (0: closed loop at ``concurrency``):
     # latency at an equal offered load rather than throughput at saturation.
     open_loop_rate: float = 0.0
+    # Worker processes per Meridian node (`workers = N`, server/workers.py); the ceiling
+    # is measured on the same node, so the ratios compare like with like.
+    node_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,10 @@ class _Node:
     target: str
     directory: Path
     spec: dict[str, Any]  # endpoint and TLS material for the load generator
-    pid: int
+    pid: int  # the node's process (with workers: their supervisor)
     prepared: Prepared
+    # Every process whose CPU is the node's: itself and, with workers, each worker.
+    pids: tuple[int, ...] = ()
 
 
 def server_cpu_s(pid: int) -> float:
@@ -109,21 +114,25 @@ def _merge(results: Sequence[WorkerResult]) -> WorkerResult:
 
 
 class _CpuWindow:
-    """The server's CPU time from just after the warm-up until the load ends."""
+    """The server's CPU time (all its processes) from just after the warm-up until the
+    load ends."""
 
-    def __init__(self, pid: int, opens_after_s: float) -> None:
-        self._pid = pid
+    def __init__(self, pids: Sequence[int], opens_after_s: float) -> None:
+        self._pids = tuple(pids)
         self._opens_at = time.monotonic() + opens_after_s
         self._before: float | None = None
 
+    def _now(self) -> float:
+        return sum(server_cpu_s(pid) for pid in self._pids)
+
     def poll(self) -> None:
         if self._before is None and time.monotonic() >= self._opens_at:
-            self._before = server_cpu_s(self._pid)
+            self._before = self._now()
 
     def close(self) -> float | None:
         if self._before is None:  # the run ended before the window opened
             return None
-        return server_cpu_s(self._pid) - self._before
+        return self._now() - self._before
 
 
 Submit = Callable[[ProcessPoolExecutor], list[Future[WorkerResult]]]
@@ -140,13 +149,13 @@ def _measure(
     options: BenchOptions,
     display: Display,
     label: str,
-    pid: int,
+    pids: Sequence[int],
     processes: int,
     submit: Submit,
 ) -> tuple[WorkerResult, float | None]:
     with _pool(processes) as pool:
         futures = submit(pool)
-        window = _CpuWindow(pid, options.warmup_s + CPU_WINDOW_DELAY_S)
+        window = _CpuWindow(pids, options.warmup_s + CPU_WINDOW_DELAY_S)
 
         def done() -> bool:
             window.poll()
@@ -186,7 +195,7 @@ def run_grpc(
             options,
             display,
             f"{target} {work.name}",
-            node.pid,
+            node.pids,
             options.processes,
             _submitter(run_grpc_worker, worker, options.processes),
         )
@@ -224,6 +233,8 @@ def _start_profiler(
             "--pid",
             str(pid),
             "--gil",
+            # With workers, the supervisor is idle: sample its worker processes too.
+            *(["--subprocesses"] if options.node_workers > 1 else []),
             # Sample without stopping the node, so profiling perturbs the figures less.
             "--nonblocking",
             "--rate",
@@ -268,6 +279,13 @@ def _meridian_spec(directory: Path) -> tuple[dict[str, Any], int]:
     )
 
 
+def set_workers(config: Path, workers: int) -> None:
+    """Rewrite a node's config with `workers = N` (the node must be stopped)."""
+    document = tomllib.loads(config.read_text())
+    document["workers"] = workers
+    config.write_text(tomli_w.dumps(document))
+
+
 def disable_audit(config: Path) -> None:
     """Rewrite a node's config with `[audit] enabled = false` (the node must be stopped)."""
     document = tomllib.loads(config.read_text())
@@ -283,22 +301,34 @@ def _start_node(
     payload: bytes,
     workloads: Sequence[Workload],
     display: Display,
+    workers: int = 1,
 ) -> _Node:
     with display.step(f"starting {target}"):
         # Direct: the benchmark measures the node, not the fault-injecting link proxy.
         cluster.up(directory, [REGION], network="direct")
-        if not audit:
+        if not audit or workers > 1:
             # `cluster up` writes the real configuration; a restart on the same data and
-            # port with the audit table switched off is the only difference.
+            # port with the audit table switched off (or several workers) is the only
+            # difference.
             cluster.down(directory)
-            disable_audit(cluster.load(directory).regions[REGION].config)
+            config = cluster.load(directory).regions[REGION].config
+            if not audit:
+                disable_audit(config)
+            if workers > 1:
+                set_workers(config, workers)
             cluster.start(directory, REGION)
         spec, pid = _meridian_spec(directory)
+        pids: tuple[int, ...] = (pid,)
+        if workers > 1:
+            from meridian.cli.bench.workers_scaling import wait_for_workers
+
+            pids += tuple(wait_for_workers(cluster.load(directory).regions[REGION], workers))
         prepared = prepare_meridian(directory, REGION, payload, workloads)
     display.note(
-        f"{target}: node pid {pid} at {spec['endpoint']} (audit {'on' if audit else 'off'})"
+        f"{target}: node pid {pid} at {spec['endpoint']} (audit {'on' if audit else 'off'}"
+        + (f", {workers} workers: pids {list(pids[1:])})" if workers > 1 else ")")
     )
-    return _Node(target, directory, spec, pid, prepared)
+    return _Node(target, directory, spec, pid, prepared, pids)
 
 
 def run_meridian(options: BenchOptions, base: Path, display: Display) -> list[list[RunStats]]:
@@ -316,6 +346,7 @@ def run_meridian(options: BenchOptions, base: Path, display: Display) -> list[li
                 payload=payload,
                 workloads=works,
                 display=display,
+                workers=options.node_workers,
             )
         )
         if options.audit_off:
@@ -327,6 +358,7 @@ def run_meridian(options: BenchOptions, base: Path, display: Display) -> list[li
                     payload=payload,
                     workloads=works,
                     display=display,
+                    workers=options.node_workers,
                 )
             )
         rounds: list[list[RunStats]] = []
@@ -424,7 +456,12 @@ def _run_peer(
         warmup_s=options.warmup_s,
     )
     merged, cpu_s = _measure(
-        options, display, f"{TARGET_PEER} {work.name}", pid, 1, _submitter(run_boto_worker, spec, 1)
+        options,
+        display,
+        f"{TARGET_PEER} {work.name}",
+        (pid,),
+        1,
+        _submitter(run_boto_worker, spec, 1),
     )
     stats = summarize(
         TARGET_PEER, work.name, merged.latencies_s, merged.errors, options.duration_s, cpu_s
@@ -550,6 +587,7 @@ def run(options: BenchOptions, display: Display | None = None) -> dict[str, Any]
             "processes": options.processes,
             "payload_bytes": options.payload_bytes,
             "open_loop_rate": options.open_loop_rate,
+            "node_workers": options.node_workers,
             "rounds": options.rounds,
             "audit_off": options.audit_off,
             "peer": options.peer,

@@ -201,6 +201,19 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def wait_for_workers(entry: Any, workers: int) -> list[int]:
+    """The pids of a supervisor's ``workers`` processes, once all of them serve
+    (`cluster start` returns once one worker answers). ``entry``: the region's
+    cluster entry (its ``pid`` and ``log``)."""
+    deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
+    marker = f'"workers": {workers}'.encode()
+    while marker not in entry.log.read_bytes():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node's {workers} workers did not all start")
+        time.sleep(0.1)
+    return _children(entry.pid)
+
+
 def _start_node(directory: Path, workers: int) -> tuple[dict[str, Any], list[int]]:
     """A fresh node with ``workers`` processes; its load spec and its pids (supervisor
     first)."""
@@ -218,14 +231,7 @@ def _start_node(directory: Path, workers: int) -> tuple[dict[str, Any], list[int
     assert entry.pid is not None
     pids = [entry.pid]
     if workers > 1:
-        # `cluster start` returns once one worker answers; wait for all of them.
-        deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
-        marker = f'"workers": {workers}'.encode()
-        while marker not in entry.log.read_bytes():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the node's {workers} workers did not all start")
-            time.sleep(0.1)
-        pids += _children(entry.pid)
+        pids += wait_for_workers(entry, workers)
     raw = json.loads((directory / "cluster.json").read_text())
     region = raw["regions"][REGION]
     load = {

@@ -170,3 +170,50 @@ def test_bench_open_loop_runs_at_the_rate(tmp_path: Path) -> None:
         "p99 <= 2 x the empty call's p99 (same offered load)"
     ]
     assert "Targets (issue 9) against this run" in result.stdout
+
+
+def test_bench_side_by_side_on_nodes_of_two_workers(tmp_path: Path) -> None:
+    """`--node-workers 2`: the ceiling and the operation on a node of two workers, its
+    CPU counted over every worker process."""
+    output = tmp_path / "node-workers.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meridian",
+            "bench",
+            "--ops",
+            "Encrypt",
+            "--node-workers",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--no-peer",
+            "--no-audit-off",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 workers: pids [" in result.stdout
+    document = json.loads(output.read_text())
+    assert document["options"]["node_workers"] == 2
+    for run in document["results"]:
+        assert run["errors"] == 0 and run["operations"] > 0, run
+        assert run["server_cpu_ms_per_op"] > 0, run
+    bad = subprocess.run(
+        [sys.executable, "-m", "meridian", "bench", "--node-workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "--node-workers takes 1 to" in bad.stdout
