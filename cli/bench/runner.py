@@ -29,7 +29,7 @@ from typing import Any
 import tomli_w
 
 from meridian.cli import cluster
-from meridian.cli.bench import batches
+from meridian.cli.bench import batches, py_spy
 from meridian.cli.bench.display import Display
 from meridian.cli.bench.loadgen import (
     BotoWorkerSpec,
@@ -212,42 +212,21 @@ def run_grpc(
 def _start_profiler(
     options: BenchOptions, target: str, pid: int, operation: str, display: Display
 ) -> subprocess.Popen[bytes] | None:
-    """py-spy on the node while it serves ``operation`` (audit on only), if asked.
-
-    ``--gil`` keeps the samples where a thread holds the GIL, which is what bounds one
-    node process; the output is collapsed stacks (one line per stack and its count),
-    which `flamegraph.pl` or speedscope draw and grep reads.
-    """
+    """py-spy on the node while it serves ``operation`` (audit on only), if asked
+    (cli/bench/py_spy.py); with workers, the supervisor is idle, so its workers too."""
     if options.profile_dir is None or target != TARGET_MERIDIAN:
         return None
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
+    found = py_spy.find_py_spy()
+    if found is None:
         display.note("  py-spy not installed (`pip install -e '.[bench]'`): no profile")
         return None
     options.profile_dir.mkdir(parents=True, exist_ok=True)
-    output = options.profile_dir / f"{operation}.txt"
-    return subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--gil",
-            # With workers, the supervisor is idle: sample its worker processes too.
-            *(["--subprocesses"] if options.node_workers > 1 else []),
-            # Sample without stopping the node, so profiling perturbs the figures less.
-            "--nonblocking",
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--duration",
-            str(max(1, round(options.warmup_s + options.duration_s))),
-            "--output",
-            str(output),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return py_spy.record(
+        found,
+        pid,
+        options.profile_dir / f"{operation}.txt",
+        options.warmup_s + options.duration_s,
+        subprocesses=options.node_workers > 1,
     )
 
 

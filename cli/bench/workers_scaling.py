@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -38,7 +37,7 @@ from typing import Any
 import tomli_w
 
 from meridian.cli import cluster
-from meridian.cli.bench import batches
+from meridian.cli.bench import batches, py_spy
 from meridian.cli.bench.prepare import prepare_meridian
 from meridian.cli.bench.profile_summary import gil_shares
 from meridian.cli.bench.runner import REGION, _pool, server_cpu_s
@@ -395,32 +394,15 @@ def _start_profilers(
     samples only, which is what bounds one worker; collapsed stacks, one file each."""
     if options.profile_dir is None:
         return []
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
+    found = py_spy.find_py_spy()
+    if found is None:
         raise RuntimeError("py-spy is not installed (`pip install -e '.[bench]'`)")
     options.profile_dir.mkdir(parents=True, exist_ok=True)
     started = []
+    duration_s = options.warmup_s + options.duration_s
     for index, pid in enumerate(pids):
         output = options.profile_dir / f"{name}-worker{index}.txt"
-        command = [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--gil",
-            # Sampling without stopping the process perturbs the figures less.
-            "--nonblocking",
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--duration",
-            str(max(1, round(options.warmup_s + options.duration_s))),
-            "--output",
-            str(output),
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append((output, process))
+        started.append((output, py_spy.record(found, pid, output, duration_s)))
     return started
 
 

@@ -14,31 +14,33 @@ pytestmark = pytest.mark.e2e
 OPERATIONS = ("Encrypt", "GenerateMac", "Verify-ML_DSA_65")
 
 
+def bench(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`meridian bench ARGUMENTS` in a child process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "meridian", "bench", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_bench_smoke(tmp_path: Path) -> None:
     """A tiny run of every part but the peer: the ceiling, audit on, audit off."""
     output = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian",
-            "bench",
-            "--ops",
-            ",".join(OPERATIONS),
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--concurrency",
-            "2",
-            "--no-peer",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "--ops",
+        ",".join(OPERATIONS),
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--concurrency",
+        "2",
+        "--no-peer",
+        "--output",
+        str(output),
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(output.read_text())
@@ -77,29 +79,20 @@ def test_bench_workers_smoke(tmp_path: Path) -> None:
     """`--workers 1,2`: a single call and a batch on a node of one and of two workers,
     with the CPU per item of the node and of the load generator, and the table."""
     output = tmp_path / "workers.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian",
-            "bench",
-            "--workers",
-            "1,2",
-            "--ops",
-            "Encrypt,BatchEncrypt",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--concurrency",
-            "4",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "--workers",
+        "1,2",
+        "--ops",
+        "Encrypt,BatchEncrypt",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--concurrency",
+        "4",
+        "--output",
+        str(output),
         timeout=240,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(output.read_text())
@@ -132,28 +125,19 @@ def test_bench_workers_smoke(tmp_path: Path) -> None:
 def test_bench_open_loop_runs_at_the_rate(tmp_path: Path) -> None:
     """`--open-loop`: the ceiling and the operation both at the same fixed rate."""
     output = tmp_path / "open-loop.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian",
-            "bench",
-            "--ops",
-            "Encrypt",
-            "--open-loop",
-            "40",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--no-audit-off",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "--ops",
+        "Encrypt",
+        "--open-loop",
+        "40",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--no-audit-off",
+        "--output",
+        str(output),
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "open loop at 40 calls/s" in result.stdout
@@ -176,31 +160,22 @@ def test_bench_side_by_side_on_nodes_of_two_workers(tmp_path: Path) -> None:
     """`--node-workers 2`: the ceiling and the operation on a node of two workers, its
     CPU counted over every worker process."""
     output = tmp_path / "node-workers.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian",
-            "bench",
-            "--ops",
-            "Encrypt",
-            "--node-workers",
-            "2",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--concurrency",
-            "4",
-            "--no-peer",
-            "--no-audit-off",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "--ops",
+        "Encrypt",
+        "--node-workers",
+        "2",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--concurrency",
+        "4",
+        "--no-peer",
+        "--no-audit-off",
+        "--output",
+        str(output),
         timeout=180,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 workers: pids [" in result.stdout
@@ -209,11 +184,5 @@ def test_bench_side_by_side_on_nodes_of_two_workers(tmp_path: Path) -> None:
     for run in document["results"]:
         assert run["errors"] == 0 and run["operations"] > 0, run
         assert run["server_cpu_ms_per_op"] > 0, run
-    bad = subprocess.run(
-        [sys.executable, "-m", "meridian", "bench", "--node-workers", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = bench("--node-workers", "0", timeout=60)
     assert bad.returncode == 2 and "--node-workers takes 1 to" in bad.stdout
