@@ -10,7 +10,7 @@ them (every string a fresh object, as after a read):
 2. the hit rate and the time per lookup (get, and put after a miss) when calls pick a
    key uniformly from working sets of 10,000 to 1,000,000 keys (the cache holds
    100,000), the case of a region whose callers use more keys than it caches;
-3. the memory one cached key takes.
+3. the memory one cached key (with its current version) and one cached material take.
 
 Prints a table and writes the figures as JSON (default bench-results/key-cache.json).
 A miss costs far more than these figures in a node (a SQL read on aiosqlite's thread,
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from meridian.server.domain.identifiers import key_arn
+from meridian.server.domain.material_cache import MaterialCache
+from meridian.server.domain.model import KeyVersion
 from meridian.server.domain.validation import default_key_policy
 from meridian.server.storage.repository import KeyCache, _key_from_row
 
@@ -40,6 +42,8 @@ REGION = "us-east-1"
 CACHE_ENTRIES = 100_000
 REPEATS = 5
 LOOKUPS = 200_000
+# A 32-byte material wrapped by the file root key: format byte, provider byte, nonce, tag.
+WRAPPED_MATERIAL_BYTES = 2 + 32 + 12 + 16
 
 
 def fresh(text: str) -> str:
@@ -108,13 +112,35 @@ def _lookup(cache: KeyCache, rows: list[tuple[Any, ...]], index: int) -> int:
 
 
 def bytes_per_key(policy: str) -> float:
+    """One cached key with its current version, as ``SqliteRepository.get_key`` puts it."""
     cache = KeyCache(entries_max=CACHE_ENTRIES)
     count = 20_000
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for index in range(count):
         # The row is dropped after the put: what stays is what the cache holds.
-        cache.put(_key_from_row(row(index, policy)), cache.generation)
+        key = _key_from_row(row(index, policy))
+        version = KeyVersion(
+            key_id=key.key_id,
+            material_id=key.current_material_id,
+            created_at=key.created_at,
+            wrapped_material=os.urandom(WRAPPED_MATERIAL_BYTES),
+        )
+        cache.put(key, cache.generation, version)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return round((after - before) / count)
+
+
+def bytes_per_material() -> float:
+    """One unwrapped 32-byte key material in the material cache (domain/material_cache.py)."""
+    cache = MaterialCache(entries_max=CACHE_ENTRIES)
+    count = 20_000
+    key_ids = [str(index) for index in range(count)]  # held by the key cache in a node
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for key_id in key_ids:
+        cache.put(key_id, os.urandom(32), os.urandom(32))
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return round((after - before) / count)
@@ -146,7 +172,12 @@ def main() -> int:
             f"{figures['lookup_us']:.2f} us per lookup"
         )
     document["bytes_per_cached_key"] = bytes_per_key(policy)
-    print(f"memory per cached key: {document['bytes_per_cached_key']:.0f} bytes")
+    print(
+        f"memory per cached key (with its wrapped current version): "
+        f"{document['bytes_per_cached_key']:.0f} bytes"
+    )
+    document["bytes_per_cached_material"] = bytes_per_material()
+    print(f"memory per cached material: {document['bytes_per_cached_material']:.0f} bytes")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"written to {args.output}")

@@ -18,6 +18,7 @@ from meridian.server.audit.settings import (
     parse_audit_settings,
     parse_metrics_settings,
 )
+from meridian.server.cache_settings import CacheSettings, parse_cache_settings
 from meridian.server.domain.identifiers import is_valid_account, is_valid_region
 from meridian.server.event_loop import EVENT_LOOPS
 from meridian.server.event_loop import resolve as resolve_event_loop
@@ -98,6 +99,8 @@ class NodeConfig:
     # The asyncio event loop (server/event_loop.py): "auto" (uvloop if installed),
     # "uvloop" or "asyncio".
     event_loop: str = "auto"
+    # How many keys and key materials stay in memory, [caches] (server/cache_settings.py).
+    caches: CacheSettings = field(default_factory=CacheSettings)
 
     @property
     def database_path(self) -> Path:
@@ -187,6 +190,7 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
     try:
         audit = parse_audit_settings(_table(raw, "audit", required=False))
         metrics = parse_metrics_settings(_table(raw, "metrics", required=False))
+        caches = parse_cache_settings(_table(raw, "caches", required=False))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return NodeConfig(
@@ -205,6 +209,7 @@ def parse_config(raw: dict[str, Any], *, base: Path) -> NodeConfig:
         metrics=metrics,
         workers=workers,
         event_loop=event_loop,
+        caches=caches,
     )
 
 

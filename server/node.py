@@ -125,6 +125,7 @@ class Node:
         self._store = await SqliteStore.open(
             config.database_path,
             commits=SharedCommitCounter.in_directory(config.data_dir) if shares_database else None,
+            key_cache_entries_max=config.caches.keys_max,
         )
         self.service = KeyService(
             region=config.region,
@@ -134,6 +135,7 @@ class Node:
             clock=self.clock,
             randbytes=self.randbytes,
             key_materials=SqliteKeyMaterialStore(self._store),
+            material_cache_entries_max=config.caches.materials_max,
         )
         # The replication identity is unwrapped on first use, not here (replication/identity.py).
         replication = open_replication(

@@ -82,12 +82,15 @@ class AccessKeyTable:
     async def close(self) -> None:
         await self._connection.close()
 
+    # Reads run to their end in one job (execute_fetchall): concurrent requests share this
+    # connection, and a statement left active between a cursor's jobs would hold their
+    # reads in an old snapshot, e.g. a revoked key still accepted (storage/reader.py).
     async def get(self, access_key_id: str) -> AccessKeyRow | None:
-        async with self._connection.execute(
+        rows = await self._connection.execute_fetchall(
             f"SELECT {_COLUMNS} FROM aws_access_keys WHERE access_key_id = ?",  # noqa: S608
             (access_key_id,),
-        ) as cursor:
-            values = await cursor.fetchone()
+        )
+        values = next(iter(rows), None)
         return None if values is None else _row(values)
 
     async def list(self, principal: str | None = None) -> list[AccessKeyRow]:
@@ -97,8 +100,9 @@ class AccessKeyTable:
             query += " WHERE principal = ?"
             parameters = (principal,)
         query += f" ORDER BY principal, access_key_id LIMIT {LIST_ROWS_MAX}"
-        async with self._connection.execute(query, parameters) as cursor:
-            return [_row(values) for values in await cursor.fetchall()]
+        return [
+            _row(values) for values in await self._connection.execute_fetchall(query, parameters)
+        ]
 
     async def insert(self, row: AccessKeyRow) -> None:
         if row.wrapped_secret is None or row.revoked_at is not None:

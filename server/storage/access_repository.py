@@ -66,13 +66,14 @@ class SqliteAccessRepository:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
 
+    # One hop to aiosqlite's thread per statement (a cursor costs three): grants and
+    # identity policies are read on the authorizer's cache misses (storage/repository.py).
     async def _one(self, sql: str, parameters: Sequence[Any]) -> Any:
-        async with self._db.execute(sql, parameters) as cursor:
-            return await cursor.fetchone()
+        rows = await self._db.execute_fetchall(sql, parameters)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
-        async with self._db.execute(sql, parameters) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, parameters))
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         row = await self._one(

@@ -6,7 +6,8 @@ and compare exactly.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import operator
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,6 +32,19 @@ _KEY_COLUMNS = (
     "origin, key_state, policy, current_material_id, multi_region, deletion_date_us, "
     "pending_window_days, revision"
 )
+# A key and its current version in one statement (the version's columns last, NULL if
+# the key has none, e.g. an EXTERNAL key awaiting its material): a key read on a cache
+# miss brings what Encrypt, Decrypt and GenerateDataKey need next, so a miss costs one
+# hop to aiosqlite's thread instead of two (docs/performance.md, "Scale").
+_SELECT_KEY_WITH_CURRENT_VERSION = (
+    "SELECT "
+    + ", ".join(f"k.{column.strip()}" for column in _KEY_COLUMNS.split(","))
+    + ", v.created_at_us, v.wrapped_material FROM keys AS k "
+    "LEFT JOIN key_versions AS v "
+    "ON v.key_id = k.key_id AND v.material_id = k.current_material_id "
+    "WHERE k.key_id = ?"
+)
+_KEY_COLUMNS_COUNT = len(_KEY_COLUMNS.split(","))
 
 
 def to_us(moment: datetime) -> int:
@@ -116,6 +130,10 @@ def _alias_from_row(row: Any) -> Alias:
     )
 
 
+# Every field of a Key, in the order its constructor takes them (all are init fields).
+_key_fields = operator.attrgetter(*(item.name for item in dataclasses.fields(Key)))
+
+
 class KeyCache:
     """Committed keys by id, so the hot path (Encrypt, Decrypt…) runs no SQL per request.
 
@@ -132,6 +150,11 @@ class KeyCache:
     call in flight. When full, the least recently used entry leaves, one per insert, so
     a working set larger than the cache keeps its hottest keys cached instead of the
     whole cache being dropped every ``entries_max`` misses.
+
+    An entry also holds the key's current version (its wrapped material), read in the
+    same statement as the key: the material cache's miss that follows a key cache miss
+    then finds the version here instead of reading it again. It is committed state of
+    the same generation as the key, so it is invalidated with it.
     """
 
     def __init__(
@@ -139,8 +162,9 @@ class KeyCache:
     ) -> None:
         if entries_max < 1:
             raise ValueError("entries_max must be at least 1")
-        # key id -> (generation it was read in, key); least recently used first.
-        self._entries: OrderedDict[str, tuple[int, Key]] = OrderedDict()
+        # key id -> (generation it was read in, key, its current version or None);
+        # least recently used first.
+        self._entries: OrderedDict[str, tuple[int, Key, KeyVersion | None]] = OrderedDict()
         self._entries_max = entries_max
         self._before_use = before_use
         self.generation = 0
@@ -152,10 +176,23 @@ class KeyCache:
         if entry is None or entry[0] != self.generation:
             return None
         self._entries.move_to_end(key_id)
-        # Callers mutate the keys they get (then write them), so hand out copies.
-        return copy.copy(entry[1])
+        # Callers mutate the keys they get (then write them), so hand out copies; built
+        # from the fields directly, a quarter of what copy.copy costs a slots dataclass.
+        return Key(*_key_fields(entry[1]))
 
-    def put(self, key: Key, generation: int) -> None:
+    def get_version(self, key_id: str, material_id: bytes) -> KeyVersion | None:
+        """The version read with a cached key, if it is that key's current one."""
+        if self._before_use is not None:
+            self._before_use()
+        entry = self._entries.get(key_id)
+        if entry is None or entry[0] != self.generation:
+            return None
+        version = entry[2]
+        if version is None or version.material_id != material_id:
+            return None
+        return version  # frozen: no copy needed
+
+    def put(self, key: Key, generation: int, current_version: KeyVersion | None = None) -> None:
         if self._before_use is not None:
             self._before_use()
         if generation != self.generation:
@@ -165,7 +202,7 @@ class KeyCache:
             entries.move_to_end(key.key_id)
         elif len(entries) >= self._entries_max:
             entries.popitem(last=False)
-        entries[key.key_id] = (generation, copy.copy(key))
+        entries[key.key_id] = (generation, Key(*_key_fields(key)), current_version)
 
     def invalidate(self) -> None:
         self.generation += 1
@@ -187,25 +224,37 @@ class SqliteRepository:
         """The connection (and so the transaction) other features' repositories share."""
         return self._db
 
+    # Every statement is one hop to aiosqlite's thread (execute_fetchall): a cursor
+    # used through ``execute`` costs three (execute, fetch, close), each a thread
+    # switch and an event loop wake-up.
     async def _one(self, sql: str, parameters: Sequence[Any]) -> Any:
-        async with self._db.execute(sql, parameters) as cursor:
-            return await cursor.fetchone()
+        rows = await self._db.execute_fetchall(sql, parameters)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
-        async with self._db.execute(sql, parameters) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, parameters))
 
     async def get_key(self, key_id: str) -> Key | None:
         cache = self._key_cache
-        if cache is not None and (cached := cache.get(key_id)) is not None:
+        if cache is None:
+            row = await self._one(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))
+            return None if row is None else _key_from_row(row)
+        if (cached := cache.get(key_id)) is not None:
             return cached
-        generation = cache.generation if cache is not None else 0
-        row = await self._one(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))
+        generation = cache.generation
+        row = await self._one(_SELECT_KEY_WITH_CURRENT_VERSION, (key_id,))
         if row is None:
             return None
         key = _key_from_row(row)
-        if cache is not None:
-            cache.put(key, generation)
+        version = None
+        if row[_KEY_COLUMNS_COUNT + 1] is not None:
+            version = KeyVersion(
+                key_id=key.key_id,
+                material_id=key.current_material_id,
+                created_at=from_us(row[_KEY_COLUMNS_COUNT]),
+                wrapped_material=bytes(row[_KEY_COLUMNS_COUNT + 1]),
+            )
+        cache.put(key, generation, version)
         return key
 
     async def list_keys(self, *, after_key_id: str | None, limit: int) -> list[Key]:
@@ -216,6 +265,9 @@ class SqliteRepository:
         return [_key_from_row(row) for row in rows]
 
     async def get_version(self, key_id: str, material_id: bytes) -> KeyVersion | None:
+        cache = self._key_cache
+        if cache is not None and (cached := cache.get_version(key_id, material_id)) is not None:
+            return cached
         row = await self._one(
             "SELECT created_at_us, wrapped_material FROM key_versions "
             "WHERE key_id = ? AND material_id = ?",

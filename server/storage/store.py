@@ -27,10 +27,13 @@ import aiosqlite
 from meridian.server.storage.commit_counter import SharedCommitCounter
 from meridian.server.storage.idempotency import reserve_pending_token
 from meridian.server.storage.migrations import apply_migrations
+from meridian.server.storage.reader import connect_reader
 from meridian.server.storage.repository import KeyCache, SqliteRepository, SqliteWriter
 from meridian.server.storage.write_turns import WriteTurns
 
 BUSY_TIMEOUT_MS = 5000
+# Committed keys held in memory unless the node's [caches] keys_max says otherwise.
+KEY_CACHE_ENTRIES_DEFAULT = 100_000
 
 
 class SqliteStore:
@@ -40,6 +43,8 @@ class SqliteStore:
         reader: aiosqlite.Connection,
         path: Path,
         commits: SharedCommitCounter | None = None,
+        *,
+        key_cache_entries_max: int = KEY_CACHE_ENTRIES_DEFAULT,
     ) -> None:
         self.path = path
         self._writer_connection = writer
@@ -52,24 +57,33 @@ class SqliteStore:
         self._commits_seen = commits.value() if commits is not None else 0
         self._other_writers_listeners: list[Callable[[], None]] = []
         self._key_cache = KeyCache(
-            before_use=self.observe_other_writers if commits is not None else None
+            key_cache_entries_max,
+            before_use=self.observe_other_writers if commits is not None else None,
         )
         self._reader = SqliteRepository(reader, self._key_cache)
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, commits: SharedCommitCounter | None = None) -> SqliteStore:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        commits: SharedCommitCounter | None = None,
+        key_cache_entries_max: int = KEY_CACHE_ENTRIES_DEFAULT,
+    ) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute("PRAGMA synchronous=FULL")
             await apply_migrations(writer)
-            reader = await _connect(path)
+            # Shared by every request: it runs no statement that can stay active
+            # between jobs, which would hold the others' reads in an old snapshot.
+            reader = await connect_reader(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, path, commits)
+        return cls(writer, reader, path, commits, key_cache_entries_max=key_cache_entries_max)
 
     def on_other_writers_commit(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` when another worker committed (a cache of it is stale)."""
