@@ -6,6 +6,7 @@ fixed number of calls in flight, and returns every latency it measured.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ class GrpcWorkerSpec:
     # Open loop: start this many calls per second on a fixed schedule, whatever the
     # answers (0: closed loop, ``concurrency`` calls always in flight).
     rate_per_s: float = 0.0
+    # Connections to spread the calls over: a node of several workers shares out
+    # connections, not calls (SO_REUSEPORT), so one connection would reach one worker.
+    connections: int = 1
 
 
 # Open loop: calls in flight beyond this mean the node is not keeping up with the rate;
@@ -70,31 +74,55 @@ async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
         certificate_chain=spec.client_cert,
     )
     result = WorkerResult(latencies_s=[], errors=0)
-    async with grpc.aio.secure_channel(
-        spec.endpoint, credentials, options=[("grpc.ssl_target_name_override", spec.server_name)]
-    ) as channel:
-        call = channel.unary_unary(
-            spec.method,
-            request_serializer=lambda data: data,
-            response_deserializer=lambda data: data,
-        )
-        await call(spec.request, timeout=30)  # connect and warm the path once
+    options: list[tuple[str, str | int]] = [("grpc.ssl_target_name_override", spec.server_name)]
+    if spec.connections > 1:
+        # Without it channels with equal arguments share one connection (one worker).
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    channels = [
+        grpc.aio.secure_channel(spec.endpoint, credentials, options=options)
+        for _ in range(max(1, spec.connections))
+    ]
+    try:
+        calls = [
+            channel.unary_unary(
+                spec.method,
+                request_serializer=lambda data: data,
+                response_deserializer=lambda data: data,
+            )
+            for channel in channels
+        ]
+        for each in calls:
+            await each(spec.request, timeout=30)  # connect and warm the path once
         if spec.rate_per_s > 0:
-            await _open_loop(spec, call, result)
+            await _open_loop(spec, _round_robin(calls), result)
         else:
-            await _closed_loop(spec, call, result)
+            await _closed_loop(spec, calls, result)
+    finally:
+        for channel in channels:
+            await channel.close(None)
     return result
 
 
-async def _closed_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) -> None:
-    """``concurrency`` callers, each sending its next call when the last one answered."""
+def _round_robin(calls: list[Any]) -> Any:
+    """One call function that takes the connections in turn."""
+    turn = itertools.cycle(calls)
+
+    def call(request: bytes, timeout: float) -> Any:
+        return next(turn)(request, timeout=timeout)
+
+    return call
+
+
+async def _closed_loop(spec: GrpcWorkerSpec, calls: Any, result: WorkerResult) -> None:
+    """``concurrency`` callers, each sending its next call when the last one answered;
+    ``calls``: one call function per connection, the callers spread over them."""
     import grpc
 
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + spec.warmup_s
     deadline = measure_from + spec.duration_s
 
-    async def caller() -> None:
+    async def caller(call: Any) -> None:
         while True:
             started = time.perf_counter()
             if loop.time() >= deadline:
@@ -112,7 +140,7 @@ async def _closed_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) ->
             if measure_from <= loop.time() < deadline:
                 result.latencies_s.append(time.perf_counter() - started)
 
-    await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
+    await asyncio.gather(*(caller(calls[index % len(calls)]) for index in range(spec.concurrency)))
 
 
 async def _open_loop(spec: GrpcWorkerSpec, call: Any, result: WorkerResult) -> None:

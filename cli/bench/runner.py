@@ -46,6 +46,8 @@ from meridian.cli.bench.workloads import Prepared, Workload, workload
 from meridian.server.event_loop import resolve as resolve_event_loop
 
 REGION = "us-east-1"
+# Connections per load process with --node-workers (cli/bench/workers_scaling.py too).
+WORKER_CONNECTIONS = 16
 TARGET_CEILING = "ceiling (empty)"
 TARGET_MERIDIAN = "meridian"  # the real configuration: audit on
 TARGET_AUDIT_OFF = "meridian (audit off)"
@@ -182,6 +184,9 @@ def run_grpc(
         duration_s=options.duration_s,
         warmup_s=options.warmup_s,
         rate_per_s=options.open_loop_rate / options.processes,
+        # A node of several workers gets its calls spread as connections: enough of
+        # them for each worker to get a share (the same for the ceiling and every run).
+        connections=min(per_process, WORKER_CONNECTIONS) if options.node_workers > 1 else 1,
         **node.spec,
     )
     if work.items_per_call > 1:

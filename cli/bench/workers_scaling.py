@@ -40,14 +40,14 @@ from meridian.cli import cluster
 from meridian.cli.bench import batches, py_spy
 from meridian.cli.bench.prepare import prepare_meridian
 from meridian.cli.bench.profile_summary import gil_shares
-from meridian.cli.bench.runner import REGION, _pool, server_cpu_s
+from meridian.cli.bench.runner import REGION, WORKER_CONNECTIONS, _pool, server_cpu_s
 from meridian.cli.bench.stats import summarize
 from meridian.cli.bench.workers_report import CpuSample, cpu_between, summarize_operations
 from meridian.cli.bench.workloads import Workload, workload
 
 # Each load process's calls go over this many connections, so that N workers each get
 # some even from one process (a connection is served by one worker for its lifetime).
-CONNECTIONS_PER_PROCESS = 16
+CONNECTIONS_PER_PROCESS = WORKER_CONNECTIONS
 WORKERS_READY_TIMEOUT_S = 120.0
 # How often the node's and the machine's CPU counters are read during a run (the
 # kernel counts in 10 ms ticks; reading /proc a few times costs nothing measurable).

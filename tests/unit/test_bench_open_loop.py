@@ -79,7 +79,7 @@ def test_a_closed_loop_counts_only_the_calls_that_end_inside_the_window() -> Non
 
     closed = GrpcWorkerSpec(**{**spec(0, 0.5).__dict__, "concurrency": 2, "rate_per_s": 0.0})
     result = WorkerResult(latencies_s=[], errors=0)
-    asyncio.run(_closed_loop(closed, call, result))
+    asyncio.run(_closed_loop(closed, [call], result))
     # Each caller's first call ends at 0.3 s (inside), its second at 0.6 s (after the
     # 0.5 s window): counting that one would claim 4 calls in 0.5 s instead of 2.
     assert len(result.latencies_s) == 2
