@@ -15,9 +15,14 @@ naming no ARN. Items whose keys live elsewhere fail there with NotFoundException
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
-from meridian.client._core import Operation, RequestT, ResponseT, ResultT, build_request
+from meridian.client._core import (
+    AsyncInvoker,
+    Invoker,
+    Operation,
+    RequestT,
+    build_request,
+)
 from meridian.client.batch_results import (
     BatchResult,
     DecryptItem,
@@ -79,37 +84,19 @@ def _items(request_type: type[RequestT], items: Sequence[Mapping[str, object]]) 
     return built
 
 
-class _Client(Protocol):
-    def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
-class _AsyncClient(Protocol):
-    async def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
 class BatchMethods:
     def batch_encrypt(
-        self: _Client, *, items: Sequence[EncryptItem], timeout_s: float | None = None
+        self: Invoker, *, items: Sequence[EncryptItem], timeout_s: float | None = None
     ) -> BatchResult[EncryptResult]:
         return self._invoke(BATCH_ENCRYPT, timeout_s, items=_items(kms_pb2.EncryptRequest, items))
 
     def batch_decrypt(
-        self: _Client, *, items: Sequence[DecryptItem], timeout_s: float | None = None
+        self: Invoker, *, items: Sequence[DecryptItem], timeout_s: float | None = None
     ) -> BatchResult[DecryptResult]:
         return self._invoke(BATCH_DECRYPT, timeout_s, items=_items(kms_pb2.DecryptRequest, items))
 
     def batch_generate_data_key(
-        self: _Client, *, items: Sequence[GenerateDataKeyItem], timeout_s: float | None = None
+        self: Invoker, *, items: Sequence[GenerateDataKeyItem], timeout_s: float | None = None
     ) -> BatchResult[GenerateDataKeyResult]:
         return self._invoke(
             BATCH_GENERATE_DATA_KEY,
@@ -120,21 +107,21 @@ class BatchMethods:
 
 class AsyncBatchMethods:
     async def batch_encrypt(
-        self: _AsyncClient, *, items: Sequence[EncryptItem], timeout_s: float | None = None
+        self: AsyncInvoker, *, items: Sequence[EncryptItem], timeout_s: float | None = None
     ) -> BatchResult[EncryptResult]:
         return await self._invoke(
             BATCH_ENCRYPT, timeout_s, items=_items(kms_pb2.EncryptRequest, items)
         )
 
     async def batch_decrypt(
-        self: _AsyncClient, *, items: Sequence[DecryptItem], timeout_s: float | None = None
+        self: AsyncInvoker, *, items: Sequence[DecryptItem], timeout_s: float | None = None
     ) -> BatchResult[DecryptResult]:
         return await self._invoke(
             BATCH_DECRYPT, timeout_s, items=_items(kms_pb2.DecryptRequest, items)
         )
 
     async def batch_generate_data_key(
-        self: _AsyncClient,
+        self: AsyncInvoker,
         *,
         items: Sequence[GenerateDataKeyItem],
         timeout_s: float | None = None,

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -773,3 +773,26 @@ def _checked_timeout(timeout_s: float) -> float:
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise ClientConfigError(f"timeout_s must be a positive number of seconds, not {timeout_s}")
     return timeout_s
+
+
+class Invoker(Protocol):
+    """What a method mixin of the synchronous client needs of it (``self`` of its
+    methods): the one call path every operation takes."""
+
+    def _invoke(
+        self,
+        operation: Operation[RequestT, ResponseT, ResultT],
+        timeout_s: float | None,
+        **fields: object,
+    ) -> ResultT: ...
+
+
+class AsyncInvoker(Protocol):
+    """:class:`Invoker` for the asynchronous client's mixins."""
+
+    async def _invoke(
+        self,
+        operation: Operation[RequestT, ResponseT, ResultT],
+        timeout_s: float | None,
+        **fields: object,
+    ) -> ResultT: ...

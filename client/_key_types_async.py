@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
 
 from meridian.client import _core
-from meridian.client._core import Operation, Pager, RequestT, ResponseT, ResultT
+from meridian.client._core import (
+    AsyncInvoker,
+    Pager,
+)
 from meridian.client.key_type_results import (
     DecapsulateResult,
     DeleteImportedKeyMaterialResult,
@@ -34,20 +36,11 @@ from meridian.client.key_type_results import (
 from meridian.client.results import EmptyResult
 
 
-class _Client(Protocol):
-    async def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
 class AsyncKeyTypeMethods:
     # ---- signing ---------------------------------------------------------------------
 
     async def sign(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         message: bytes,
@@ -67,7 +60,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def verify(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         message: bytes,
@@ -90,7 +83,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def get_public_key(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         grant_tokens: Sequence[str] | None = None,
@@ -103,7 +96,7 @@ class AsyncKeyTypeMethods:
     # ---- MACs ----------------------------------------------------------------------------
 
     async def generate_mac(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         message: bytes,
@@ -121,7 +114,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def verify_mac(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         message: bytes,
@@ -144,7 +137,7 @@ class AsyncKeyTypeMethods:
     # ---- key agreement and encapsulation ---------------------------------------------
 
     async def derive_shared_secret(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         key_agreement_algorithm: str,
@@ -162,7 +155,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def encapsulate(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         encapsulation_algorithm: str,
@@ -178,7 +171,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def decapsulate(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         shared_secret_ciphertext_blob: bytes,
@@ -198,7 +191,7 @@ class AsyncKeyTypeMethods:
     # ---- data key pairs ------------------------------------------------------------------
 
     async def generate_data_key_pair(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         key_pair_spec: str,
@@ -216,7 +209,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def generate_data_key_pair_without_plaintext(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         key_pair_spec: str,
@@ -236,7 +229,7 @@ class AsyncKeyTypeMethods:
     # ---- rotation ----------------------------------------------------------------------
 
     async def enable_key_rotation(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         rotation_period_in_days: int | None = None,
@@ -250,22 +243,22 @@ class AsyncKeyTypeMethods:
         )
 
     async def disable_key_rotation(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: AsyncInvoker, *, key_id: str, timeout_s: float | None = None
     ) -> EmptyResult:
         return await self._invoke(_core.DISABLE_KEY_ROTATION, timeout_s, key_id=key_id)
 
     async def get_key_rotation_status(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: AsyncInvoker, *, key_id: str, timeout_s: float | None = None
     ) -> GetKeyRotationStatusResult:
         return await self._invoke(_core.GET_KEY_ROTATION_STATUS, timeout_s, key_id=key_id)
 
     async def rotate_key_on_demand(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: AsyncInvoker, *, key_id: str, timeout_s: float | None = None
     ) -> RotateKeyOnDemandResult:
         return await self._invoke(_core.ROTATE_KEY_ON_DEMAND, timeout_s, key_id=key_id)
 
     async def list_key_rotations(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         include_key_material: str | None = None,
@@ -283,7 +276,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def iter_key_rotations(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         include_key_material: str | None = None,
@@ -309,7 +302,7 @@ class AsyncKeyTypeMethods:
     # ---- imported key material -------------------------------------------------------
 
     async def get_parameters_for_import(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         wrapping_algorithm: str,
@@ -325,7 +318,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def import_key_material(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         import_token: bytes,
@@ -351,7 +344,7 @@ class AsyncKeyTypeMethods:
         )
 
     async def delete_imported_key_material(
-        self: _Client,
+        self: AsyncInvoker,
         *,
         key_id: str,
         key_material_id: str | None = None,

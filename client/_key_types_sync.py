@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
 
 from meridian.client import _core
-from meridian.client._core import Operation, Pager, RequestT, ResponseT, ResultT
+from meridian.client._core import (
+    Invoker,
+    Pager,
+)
 from meridian.client.key_type_results import (
     DecapsulateResult,
     DeleteImportedKeyMaterialResult,
@@ -36,20 +38,11 @@ from meridian.client.key_type_results import (
 from meridian.client.results import EmptyResult
 
 
-class _Client(Protocol):
-    def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
 class KeyTypeMethods:
     # ---- signing ---------------------------------------------------------------------
 
     def sign(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         message: bytes,
@@ -69,7 +62,7 @@ class KeyTypeMethods:
         )
 
     def verify(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         message: bytes,
@@ -92,7 +85,7 @@ class KeyTypeMethods:
         )
 
     def get_public_key(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         grant_tokens: Sequence[str] | None = None,
@@ -105,7 +98,7 @@ class KeyTypeMethods:
     # ---- MACs ----------------------------------------------------------------------------
 
     def generate_mac(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         message: bytes,
@@ -123,7 +116,7 @@ class KeyTypeMethods:
         )
 
     def verify_mac(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         message: bytes,
@@ -146,7 +139,7 @@ class KeyTypeMethods:
     # ---- key agreement and encapsulation ---------------------------------------------
 
     def derive_shared_secret(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         key_agreement_algorithm: str,
@@ -164,7 +157,7 @@ class KeyTypeMethods:
         )
 
     def encapsulate(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         encapsulation_algorithm: str,
@@ -180,7 +173,7 @@ class KeyTypeMethods:
         )
 
     def decapsulate(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         shared_secret_ciphertext_blob: bytes,
@@ -200,7 +193,7 @@ class KeyTypeMethods:
     # ---- data key pairs ------------------------------------------------------------------
 
     def generate_data_key_pair(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         key_pair_spec: str,
@@ -218,7 +211,7 @@ class KeyTypeMethods:
         )
 
     def generate_data_key_pair_without_plaintext(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         key_pair_spec: str,
@@ -238,7 +231,7 @@ class KeyTypeMethods:
     # ---- rotation ----------------------------------------------------------------------
 
     def enable_key_rotation(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         rotation_period_in_days: int | None = None,
@@ -252,22 +245,22 @@ class KeyTypeMethods:
         )
 
     def disable_key_rotation(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: Invoker, *, key_id: str, timeout_s: float | None = None
     ) -> EmptyResult:
         return self._invoke(_core.DISABLE_KEY_ROTATION, timeout_s, key_id=key_id)
 
     def get_key_rotation_status(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: Invoker, *, key_id: str, timeout_s: float | None = None
     ) -> GetKeyRotationStatusResult:
         return self._invoke(_core.GET_KEY_ROTATION_STATUS, timeout_s, key_id=key_id)
 
     def rotate_key_on_demand(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: Invoker, *, key_id: str, timeout_s: float | None = None
     ) -> RotateKeyOnDemandResult:
         return self._invoke(_core.ROTATE_KEY_ON_DEMAND, timeout_s, key_id=key_id)
 
     def list_key_rotations(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         include_key_material: str | None = None,
@@ -285,7 +278,7 @@ class KeyTypeMethods:
         )
 
     def iter_key_rotations(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         include_key_material: str | None = None,
@@ -310,7 +303,7 @@ class KeyTypeMethods:
     # ---- imported key material -------------------------------------------------------
 
     def get_parameters_for_import(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         wrapping_algorithm: str,
@@ -326,7 +319,7 @@ class KeyTypeMethods:
         )
 
     def import_key_material(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         import_token: bytes,
@@ -352,7 +345,7 @@ class KeyTypeMethods:
         )
 
     def delete_imported_key_material(
-        self: _Client,
+        self: Invoker,
         *,
         key_id: str,
         key_material_id: str | None = None,

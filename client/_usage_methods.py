@@ -7,9 +7,7 @@ else the client's home region.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from meridian.client._core import Operation, RequestT, ResponseT, ResultT
+from meridian.client._core import AsyncInvoker, Invoker, Operation
 from meridian.client.usage_results import GetKeyLastUsageResult, get_key_last_usage_result
 from meridian.proto.kms.v1 import kms_pb2
 
@@ -21,33 +19,15 @@ GET_KEY_LAST_USAGE = Operation(
 )
 
 
-class _Client(Protocol):
-    def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
-class _AsyncClient(Protocol):
-    async def _invoke(
-        self,
-        operation: Operation[RequestT, ResponseT, ResultT],
-        timeout_s: float | None,
-        **fields: object,
-    ) -> ResultT: ...
-
-
 class UsageMethods:
     def get_key_last_usage(
-        self: _Client, *, key_id: str, timeout_s: float | None = None
+        self: Invoker, *, key_id: str, timeout_s: float | None = None
     ) -> GetKeyLastUsageResult:
         return self._invoke(GET_KEY_LAST_USAGE, timeout_s, key_id=key_id)
 
 
 class AsyncUsageMethods:
     async def get_key_last_usage(
-        self: _AsyncClient, *, key_id: str, timeout_s: float | None = None
+        self: AsyncInvoker, *, key_id: str, timeout_s: float | None = None
     ) -> GetKeyLastUsageResult:
         return await self._invoke(GET_KEY_LAST_USAGE, timeout_s, key_id=key_id)

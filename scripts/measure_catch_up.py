@@ -22,9 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from meridian.cli import cluster
+from meridian.cli.bench.replication import (
+    PRIMARY,
+    REPLICA,
+    applied_seq,
+    backlog_entries,
+    wait_until,
+)
 from meridian.client import KmsClient
-
-PRIMARY, REPLICA = "us-east-1", "eu-west-1"
 
 
 def main() -> int:
@@ -65,7 +70,7 @@ def _measure(root: Path, keys: int) -> dict[str, object]:
         # Both nodes know each other before the replica is lost (identities pinned).
         key_id = kms.create_key(multi_region=True).key_metadata.key_id
         kms.replicate_key(key_id=key_id, replica_region=REPLICA)
-        _wait(lambda: _backlog(kms) == 0, 30.0)
+        wait_until(lambda: backlog_entries(kms) == 0, 30.0)
         cluster.kill(root, REPLICA)
 
         def make(_: int) -> None:
@@ -85,7 +90,7 @@ def _measure(root: Path, keys: int) -> dict[str, object]:
     with KmsClient.from_cluster_file(cluster_file, timeout_s=30.0) as kms:
         first = None
         while True:
-            applied = _applied(kms)
+            applied = applied_seq(kms)
             now = time.monotonic()
             if first is None and applied > acked:
                 first = (now, applied)
@@ -108,27 +113,6 @@ def _measure(root: Path, keys: int) -> dict[str, object]:
         "write_s": round(write_s, 3),
         "backlog_entries": head - acked,
     }
-
-
-def _applied(kms: KmsClient) -> int:
-    try:
-        status = kms.get_replication_status(region=REPLICA, timeout_s=5.0)
-    except Exception:
-        return 0
-    return next((i.applied_seq for i in status.inbound if i.origin_region == PRIMARY), 0)
-
-
-def _backlog(kms: KmsClient) -> int:
-    status = kms.get_replication_status(region=PRIMARY)
-    return sum(peer.backlog_entries for peer in status.peers)
-
-
-def _wait(condition: object, deadline_s: float) -> None:
-    started = time.monotonic()
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() - started > deadline_s:
-            raise SystemExit("timed out")
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":

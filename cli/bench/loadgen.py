@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,24 @@ def run_grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
 
 
 async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
+    result = WorkerResult(latencies_s=[], errors=0)
+    channels, calls = await open_calls(spec, spec.connections)
+    try:
+        if spec.rate_per_s > 0:
+            await _open_loop(spec, _round_robin(calls), result)
+        else:
+            await closed_loop(spec, calls, result)
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    return result
+
+
+async def open_calls(spec: Any, connections: int) -> tuple[list[Any], list[Any]]:
+    """``connections`` mTLS channels to ``spec.endpoint`` (its ``server_name``,
+    ``ca_cert``, ``client_cert``, ``client_key``) and a call of ``spec.method`` taking
+    and returning raw bytes on each, each connected and warmed with one
+    ``spec.request``. The caller closes the channels."""
     import grpc
 
     credentials = grpc.ssl_channel_credentials(
@@ -73,34 +92,31 @@ async def _grpc_worker(spec: GrpcWorkerSpec) -> WorkerResult:
         private_key=spec.client_key,
         certificate_chain=spec.client_cert,
     )
-    result = WorkerResult(latencies_s=[], errors=0)
     options: list[tuple[str, str | int]] = [("grpc.ssl_target_name_override", spec.server_name)]
-    if spec.connections > 1:
-        # Without it channels with equal arguments share one connection (one worker).
+    if connections > 1:
+        # Without it channels with equal arguments share one connection (one worker of
+        # a node of several: SO_REUSEPORT shares out connections, not calls).
         options.append(("grpc.use_local_subchannel_pool", 1))
     channels = [
         grpc.aio.secure_channel(spec.endpoint, credentials, options=options)
-        for _ in range(max(1, spec.connections))
+        for _ in range(max(1, connections))
+    ]
+    calls = [
+        channel.unary_unary(
+            spec.method,
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        for channel in channels
     ]
     try:
-        calls = [
-            channel.unary_unary(
-                spec.method,
-                request_serializer=lambda data: data,
-                response_deserializer=lambda data: data,
-            )
-            for channel in channels
-        ]
-        for each in calls:
-            await each(spec.request, timeout=30)  # connect and warm the path once
-        if spec.rate_per_s > 0:
-            await _open_loop(spec, _round_robin(calls), result)
-        else:
-            await _closed_loop(spec, calls, result)
-    finally:
+        for call in calls:
+            await call(spec.request, timeout=30)  # connect and warm the path once
+    except BaseException:
         for channel in channels:
             await channel.close(None)
-    return result
+        raise
+    return channels, calls
 
 
 def _round_robin(calls: list[Any]) -> Any:
@@ -113,14 +129,26 @@ def _round_robin(calls: list[Any]) -> Any:
     return call
 
 
-async def _closed_loop(spec: GrpcWorkerSpec, calls: Any, result: WorkerResult) -> None:
-    """``concurrency`` callers, each sending its next call when the last one answered;
-    ``calls``: one call function per connection, the callers spread over them."""
+async def closed_loop(
+    spec: Any,
+    calls: Sequence[Any],
+    result: WorkerResult,
+    *,
+    mark: Callable[[str], None] | None = None,
+) -> None:
+    """``spec.concurrency`` callers, each sending its next call when the last one
+    answered, for ``spec.warmup_s`` + ``spec.duration_s``; ``calls``: one call function
+    per connection, the callers spread over them. ``mark("start")`` and ``mark("end")``
+    run by timer at the measuring window's ends (a caller reaches them only when its
+    call returns, which for a batch can be a second late)."""
     import grpc
 
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + spec.warmup_s
     deadline = measure_from + spec.duration_s
+    if mark is not None:
+        loop.call_at(measure_from, mark, "start")
+        loop.call_at(deadline, mark, "end")
 
     async def caller(call: Any) -> None:
         while True:

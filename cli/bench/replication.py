@@ -225,7 +225,7 @@ def _warm_up(primary: KmsClient) -> None:
     """Both nodes know each other (identities pinned, channels open) before measuring."""
     key_id = primary.create_key(multi_region=True).key_metadata.key_id
     primary.replicate_key(key_id=key_id, replica_region=REPLICA)
-    _wait(lambda: _backlog(primary) == 0, 30.0)
+    wait_until(lambda: backlog_entries(primary) == 0, 30.0)
 
 
 def _wait_for_replica(replica: KmsClient, key_id: str) -> float:
@@ -271,11 +271,11 @@ def measure_catch_up(root: Path, changes: int, writers: int) -> dict[str, Any]:
     first: tuple[float, int] | None = None
     with KmsClient.from_cluster_file(cluster_file, timeout_s=30.0) as kms:
         while True:
-            applied = _applied(kms)
+            applied = applied_seq(kms)
             now = time.monotonic()
             if first is None and applied > acked:
                 first = (now, applied)
-            if applied >= head and _backlog(kms) == 0:
+            if applied >= head and backlog_entries(kms) == 0:
                 done = now
                 cpu_after = _node_cpu_s(root)
                 break
@@ -328,7 +328,8 @@ def _node_cpu_s(root: Path) -> dict[str, float]:
     return seconds
 
 
-def _applied(kms: KmsClient) -> int:
+def applied_seq(kms: KmsClient) -> int:
+    """How far the replica has applied the primary's log (0 while it is unreachable)."""
     try:
         status = kms.get_replication_status(region=REPLICA, timeout_s=5.0)
     except Exception:
@@ -336,12 +337,13 @@ def _applied(kms: KmsClient) -> int:
     return next((i.applied_seq for i in status.inbound if i.origin_region == PRIMARY), 0)
 
 
-def _backlog(kms: KmsClient) -> int:
+def backlog_entries(kms: KmsClient) -> int:
+    """Log entries the primary's peers have not acknowledged."""
     status = kms.get_replication_status(region=PRIMARY)
     return sum(peer.backlog_entries for peer in status.peers)
 
 
-def _wait(condition: Any, deadline_s: float) -> None:
+def wait_until(condition: Any, deadline_s: float) -> None:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > deadline_s:

@@ -20,7 +20,6 @@ would allow at the measured costs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import time
 import tomllib
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import tomli_w
 
 from meridian.cli import cluster
 from meridian.cli.bench import batches, py_spy
+from meridian.cli.bench.loadgen import WorkerResult, closed_loop, open_calls
 from meridian.cli.bench.prepare import prepare_meridian
 from meridian.cli.bench.profile_summary import gil_shares
 from meridian.cli.bench.runner import REGION, WORKER_CONNECTIONS, _pool, server_cpu_s
@@ -84,10 +84,7 @@ class _LoadSpec:
 
 
 @dataclass
-class _LoadResult:
-    latencies_s: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
+class _LoadResult(WorkerResult):
     # CPU seconds this load process used while measuring.
     cpu_s: float = 0.0
     # The measuring window, in time.monotonic() seconds (CLOCK_MONOTONIC is one clock
@@ -105,66 +102,15 @@ def run_load(spec: _LoadSpec) -> _LoadResult:
 
 
 async def _load(spec: _LoadSpec) -> _LoadResult:
-    import grpc
-
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=spec.ca_cert,
-        private_key=spec.client_key,
-        certificate_chain=spec.client_cert,
-    )
-    options = [
-        ("grpc.ssl_target_name_override", spec.server_name),
-        # Without it channels with equal arguments share one connection (one worker).
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
-    channels = [
-        grpc.aio.secure_channel(spec.endpoint, credentials, options=options)
-        for _ in range(spec.connections)
-    ]
-    result = _LoadResult()
+    result = _LoadResult(latencies_s=[], errors=0)
+    channels, calls = await open_calls(spec, spec.connections)
     try:
-        calls = [
-            channel.unary_unary(
-                spec.method,
-                request_serializer=lambda data: data,
-                response_deserializer=lambda data: data,
-            )
-            for channel in channels
-        ]
-        for call in calls:
-            await call(spec.request, timeout=30)  # connect each, warm the path
-        loop = asyncio.get_running_loop()
-        measure_from = loop.time() + spec.warmup_s
-        deadline = measure_from + spec.duration_s
-        # The window's ends are taken by timers, not by the callers: a caller reaches
-        # them only when its call returns, which for a batch can be a second late.
         window: dict[str, tuple[float, float]] = {}
 
         def mark(name: str) -> None:
             window[name] = (time.monotonic(), time.process_time())
 
-        loop.call_at(measure_from, mark, "start")
-        loop.call_at(deadline, mark, "end")
-
-        async def caller(index: int) -> None:
-            call = calls[index % len(calls)]
-            while loop.time() < deadline:
-                started = time.perf_counter()
-                try:
-                    await call(spec.request, timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    if measure_from <= loop.time() < deadline:
-                        result.errors += 1
-                        result.first_error = (
-                            result.first_error or f"{error.code()}: {error.details()}"
-                        )
-                    continue
-                # Only calls that end inside the window count: those still running at
-                # its end would otherwise add up to `concurrency` calls to it.
-                if measure_from <= loop.time() < deadline:
-                    result.latencies_s.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(caller(index) for index in range(spec.concurrency)))
+        await closed_loop(spec, calls, result, mark=mark)
         if "start" in window and "end" in window:
             result.window_start, cpu_start = window["start"]
             result.window_end, cpu_end = window["end"]

@@ -71,7 +71,7 @@ def test_calls_beyond_the_in_flight_bound_are_errors(monkeypatch: pytest.MonkeyP
 
 
 def test_a_closed_loop_counts_only_the_calls_that_end_inside_the_window() -> None:
-    from meridian.cli.bench.loadgen import _closed_loop
+    from meridian.cli.bench.loadgen import closed_loop
 
     async def call(request: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 - grpc's shape
         await asyncio.sleep(0.3)
@@ -79,7 +79,7 @@ def test_a_closed_loop_counts_only_the_calls_that_end_inside_the_window() -> Non
 
     closed = GrpcWorkerSpec(**{**spec(0, 0.5).__dict__, "concurrency": 2, "rate_per_s": 0.0})
     result = WorkerResult(latencies_s=[], errors=0)
-    asyncio.run(_closed_loop(closed, [call], result))
+    asyncio.run(closed_loop(closed, [call], result))
     # Each caller's first call ends at 0.3 s (inside), its second at 0.6 s (after the
     # 0.5 s window): counting that one would claim 4 calls in 0.5 s instead of 2.
     assert len(result.latencies_s) == 2

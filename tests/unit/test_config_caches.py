@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
+from config_support import BASE, config
 
 from meridian.server.cache_settings import ENTRIES_MAX, CacheSettings
 from meridian.server.config import ConfigError, parse_config
-
-BASE = Path("/etc/meridian")
-
-
-def config(**extra: Any) -> dict[str, Any]:
-    return {
-        "region": "us-east-1",
-        "listen": "127.0.0.1:7001",
-        "data_dir": "data",
-        "tls": {"ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key"},
-        **extra,
-    }
 
 
 def test_the_defaults_hold_100000_of_each() -> None:

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
+from config_support import BASE, config
 
 from meridian.server.config import WORKERS_MAX, ConfigError, parse_config
-
-BASE = Path("/etc/meridian")
-
-
-def config(**extra: Any) -> dict[str, Any]:
-    return {
-        "region": "us-east-1",
-        "listen": "127.0.0.1:7001",
-        "data_dir": "data",
-        "tls": {"ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key"},
-        **extra,
-    }
 
 
 def test_one_worker_is_the_default() -> None:
