@@ -213,18 +213,20 @@ def json_safe(value: Any, *, depth: int = 0) -> Any:
     return _cap(str(value))
 
 
-# The last authorization fact made JSON-safe, and what it became. The items of a batch
-# that share a decision share the one fact object (server/api/authorization.py), so
-# their records convert it once. Held by identity, with a reference to the object, so a
-# new fact can never be mistaken for it; documents only read what they are given.
-_last_authorization: tuple[object, Any] = (object(), None)
+# Per fact name, the last fact made JSON-safe and what it became. Hooks hand the same
+# fact object to several calls (the items of a batch that share a decision share its
+# record: server/api/authorization.py), so their records convert it once. Held by
+# identity, with a reference to the object, so a new fact can never be mistaken for
+# it; facts are not changed once handed over, and documents only read what they hold.
+_last_converted: dict[str, tuple[object, Any]] = {}
 
 
-def _authorization_fact(value: object) -> Any:
-    global _last_authorization
-    if value is not _last_authorization[0]:
-        _last_authorization = (value, json_safe(value))
-    return _last_authorization[1]
+def _json_safe_fact(name: str, value: object) -> Any:
+    last = _last_converted.get(name)
+    if last is None or last[0] is not value:
+        last = (value, json_safe(value))
+        _last_converted[name] = last
+    return last[1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -283,11 +285,13 @@ def api_call_document(
     extension: dict[str, Any] = {
         "outcome": "Pending" if pending else outcome_of(error).value,
     }
-    if "authorization" in facts:
-        extension["authorization"] = _authorization_fact(facts["authorization"])
-    for fact, name in (("grant_id", "grantId"), ("transport", "transport")):
+    for fact, name in (
+        ("authorization", "authorization"),
+        ("grant_id", "grantId"),
+        ("transport", "transport"),
+    ):
         if fact in facts:
-            extension[name] = json_safe(facts[fact])
+            extension[name] = _json_safe_fact(fact, facts[fact])
     if subject.alias_name:
         extension["aliasName"] = subject.alias_name
     additional: dict[str, Any] = {}
