@@ -321,24 +321,16 @@ def run_meridian(options: BenchOptions, base: Path, display: Display) -> list[li
     works = [workload(name) for name in options.operations]
     payload = os.urandom(options.payload_bytes)
     nodes: list[_Node] = []
+    plan = [(TARGET_MERIDIAN, "audit-on", True)]
+    if options.audit_off:
+        plan.append((TARGET_AUDIT_OFF, "audit-off", False))
     try:
-        nodes.append(
-            _start_node(
-                TARGET_MERIDIAN,
-                base / "audit-on",
-                audit=True,
-                payload=payload,
-                workloads=works,
-                display=display,
-                workers=options.node_workers,
-            )
-        )
-        if options.audit_off:
+        for target, folder, audit in plan:
             nodes.append(
                 _start_node(
-                    TARGET_AUDIT_OFF,
-                    base / "audit-off",
-                    audit=False,
+                    target,
+                    base / folder,
+                    audit=audit,
                     payload=payload,
                     workloads=works,
                     display=display,

@@ -26,21 +26,24 @@ import shutil
 import subprocess
 import tempfile
 import time
-import tomllib
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from meridian.cli import cluster
 from meridian.cli.bench import batches, py_spy
 from meridian.cli.bench.loadgen import WorkerResult, closed_loop, open_calls
 from meridian.cli.bench.prepare import prepare_meridian
 from meridian.cli.bench.profile_summary import gil_shares
-from meridian.cli.bench.runner import REGION, WORKER_CONNECTIONS, _pool, server_cpu_s
+from meridian.cli.bench.runner import (
+    REGION,
+    WORKER_CONNECTIONS,
+    _pool,
+    server_cpu_s,
+    set_workers,
+)
 from meridian.cli.bench.stats import summarize
 from meridian.cli.bench.workers_report import CpuSample, cpu_between, summarize_operations
 from meridian.cli.bench.workloads import Workload, workload
@@ -167,9 +170,7 @@ def _start_node(directory: Path, workers: int) -> tuple[dict[str, Any], list[int
     entry = spec.regions[REGION]
     if workers > 1:
         cluster.down(directory)
-        document = tomllib.loads(entry.config.read_text())
-        document["workers"] = workers
-        entry.config.write_text(tomli_w.dumps(document))
+        set_workers(entry.config, workers)
         cluster.start(directory, REGION)
         spec = cluster.load(directory)
         entry = spec.regions[REGION]
